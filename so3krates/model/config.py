@@ -1,0 +1,78 @@
+"""Hyperparameters of the So3krates model, one frozen dataclass (hashable, so usable as a jit static)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """So3krates hyperparameters (defaults: the paper's MD17 model, Table 7).
+
+    Attributes:
+        features: F, width of the invariant features.
+        num_layers: number of So3krates layers.
+        degrees: SPHC degrees L, e.g. (1, 2, 3); degree 0 carries no geometry and is usually left out.
+        num_heads: heads of the feature self-attention (the SPHC attention has one head per degree).
+        r_cut: cutoff radius in Å.
+        num_radial: K, number of PhysNet radial basis functions.
+        radial_hidden: hidden width of the radial filter MLP.
+        spherical_hidden: hidden width of the spherical filter MLP.
+        max_atomic_number: size of the element embedding is max_atomic_number + 1.
+        dtype: "float32" or "float64" (float64 needs ``jax.config.update("jax_enable_x64", True)``).
+        nonlocal_correction: add the SPHC-space geometric correction (eq. 14, A.2).
+        nonlocal_kappa: κ, the spherical cutoff is κ / n_atoms.
+        nonlocal_p: p of the polynomial cutoff (eq. 29).
+        global_attention: None, or "efa" for Euclidean fast attention (see docs).
+        pseudotensor_paths: keep the Clebsch–Gordan paths with l1 + l2 + l odd in eq. 19 (the paper's
+            "all valid combinations"); False makes the energy invariant under inversion too.
+    """
+
+    features: int = 132
+    num_layers: int = 6
+    degrees: tuple[int, ...] = (1, 2, 3)
+    num_heads: int = 4
+    r_cut: float = 5.0
+    num_radial: int = 32
+    radial_hidden: int = 128
+    spherical_hidden: int = 32
+    max_atomic_number: int = 118
+    dtype: str = "float32"
+    nonlocal_correction: bool = False
+    nonlocal_kappa: float = 1.0
+    nonlocal_p: int = 6
+    global_attention: str | None = None
+    pseudotensor_paths: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "degrees", tuple(sorted(int(l) for l in self.degrees)))
+        if self.features % self.num_heads:
+            raise ValueError(f"features ({self.features}) must be divisible by num_heads ({self.num_heads})")
+        if self.features % len(self.degrees):
+            raise ValueError(
+                f"features ({self.features}) must be divisible by the number of SPHC degrees "
+                f"({len(self.degrees)}): the SPHC attention has one head per degree"
+            )
+        if self.r_cut <= 0:
+            raise ValueError(f"r_cut must be positive, got {self.r_cut}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if self.global_attention not in (None, "efa"):
+            raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["degrees"] = list(self.degrees)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model options: {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if "degrees" in d:
+            d["degrees"] = tuple(d["degrees"])
+        return cls(**d)

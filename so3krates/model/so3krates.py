@@ -1,0 +1,95 @@
+"""The So3krates model assembled from :class:`ModelConfig` (paper Fig. 1b, Fig. 5)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from so3krates.graph import Batch
+from so3krates.model.config import ModelConfig
+from so3krates.model.layers import (
+    MLP,
+    Pairs,
+    So3kratesLayer,
+    init_sphc,
+    segment_sum,
+    sphc_neighbourhood_weight,
+)
+from so3krates.so3 import DegreeLayout, cosine_cutoff, physnet_radial_basis, safe_norm, spherical_harmonics
+
+Array = jax.Array
+
+
+def pair_geometry(vectors: Array, i: Array, j: Array, mask: Array, config: ModelConfig, layout: DegreeLayout) -> Pairs:
+    """Distances, cutoff (eq. 31), radial basis (eq. 30) and spherical harmonics of pair vectors r_ij.
+
+    Masked pairs (padding) get a dummy unit vector so that no 0/0 reaches the gradients.
+    """
+    dummy = jnp.asarray([config.r_cut * 2.0, 0.0, 0.0], vectors.dtype)
+    vectors = jnp.where(mask[:, None], vectors, dummy)
+    r = safe_norm(vectors, axis=-1)
+    unit = vectors / r[:, None]
+    cutoff = jnp.where(mask, cosine_cutoff(r, config.r_cut), 0.0)
+    rbf = physnet_radial_basis(r, config.r_cut, config.num_radial) * mask[:, None]
+    sph = spherical_harmonics(unit, layout)
+    return Pairs(i=i, j=j, mask=mask, cutoff=cutoff, rbf=rbf, sph=sph)
+
+
+class So3krates(nn.Module):
+    """So3krates: embedding (eq. 9), SPHC initialisation (eq. 11), ``num_layers`` layers, atomic energies.
+
+    ``__call__`` returns the atomic energies E_i = scale[z_i] · MLP(x_i) + shift[z_i] (zero for padding
+    atoms). Per-element scale and shift live in the variable collection ``normalization`` (set from the
+    training data, not trained), next to ``energy_offset`` (the constant c of A.14, added per structure
+    by the potential).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, batch: Batch, edge_vectors: Array, pair_vectors: Array | None = None) -> Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        layout = DegreeLayout(cfg.degrees)
+        num_atoms = batch.numbers.shape[0]
+
+        edges = pair_geometry(edge_vectors, batch.edge_i, batch.edge_j, batch.edge_mask, cfg, layout)
+        sphc_pairs = None
+        nonlocal_fn = None
+        if cfg.nonlocal_correction:
+            if pair_vectors is None:
+                raise ValueError("the non-local correction needs a batch built with all_pairs=True")
+            sphc_pairs = pair_geometry(pair_vectors, batch.pair_i, batch.pair_j, batch.pair_mask, cfg, layout)
+            n_atoms_of_pair = batch.n_atoms[batch.node_graph[batch.pair_i]]
+
+            def nonlocal_fn(chi: Array) -> Array:
+                return sphc_neighbourhood_weight(chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p)
+
+        # eq. 9: element embedding
+        x = nn.Embed(cfg.max_atomic_number + 1, cfg.features, param_dtype=dtype, name="embedding")(batch.numbers)
+        chi = init_sphc(edges, num_atoms)  # eq. 11
+        for t in range(cfg.num_layers):
+            x, chi = So3kratesLayer(
+                cfg.features,
+                cfg.num_heads,
+                layout,
+                cfg.radial_hidden,
+                cfg.spherical_hidden,
+                parity_even_only=not cfg.pseudotensor_paths,
+                dtype=dtype,
+                name=f"layer_{t}",
+            )(x, chi, edges, sphc_pairs, nonlocal_fn)
+
+        energy = MLP(cfg.features, 1, dtype, name="output")(x)[:, 0]
+        scale = self.variable("normalization", "scale", lambda: jnp.ones(cfg.max_atomic_number + 1, dtype))
+        shift = self.variable("normalization", "shift", lambda: jnp.zeros(cfg.max_atomic_number + 1, dtype))
+        self.variable("normalization", "energy_offset", lambda: jnp.zeros((), dtype))
+        energy = scale.value[batch.numbers] * energy + shift.value[batch.numbers]
+        return jnp.where(batch.node_mask, energy, 0.0)
+
+
+def total_energy(atomic_energies: Array, batch: Batch, energy_offset: Array) -> Array:
+    """E = Σ_i E_i + c per structure, shape (G,); zero for padding graphs."""
+    energy = segment_sum(atomic_energies, batch.node_graph, batch.graph_mask.shape[0])
+    return jnp.where(batch.graph_mask, energy + energy_offset, 0.0)

@@ -1,0 +1,188 @@
+"""Rotation-group and radial building blocks: cutoffs, radial basis, spherical harmonics, Clebsch–Gordan.
+
+Nothing here knows about neural networks. Spherical harmonics, Clebsch–Gordan coefficients and
+Wigner-D matrices come from e3x (``e3x.so3``) in its real, Racah-normalised convention
+(Σ_m Y_lm(r̂)² = 1 for every degree), used consistently everywhere in the package.
+
+SPHCs are stored as one flat vector per atom holding only the degrees in ``degrees`` (for example
+(1, 2, 3) gives 3 + 5 + 7 = 15 entries); :class:`DegreeLayout` maps between that layout and
+per-degree quantities.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import e3x
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def cosine_cutoff(r: Array, r_cut: float) -> Array:
+    """Cosine cutoff φ_rcut(r) = ½(cos(π r / r_cut) + 1) for r < r_cut, else 0 (paper eq. 31).
+
+    Args:
+        r: distances, any shape.
+        r_cut: cutoff radius (Å).
+    Returns:
+        Array of r's shape, smooth (C¹) and exactly zero at and beyond r_cut.
+    """
+    inside = r < r_cut
+    # Evaluate the cosine only inside so that gradients beyond the cutoff are exactly zero.
+    r_safe = jnp.where(inside, r, 0.0)
+    return jnp.where(inside, 0.5 * (jnp.cos(jnp.pi * r_safe / r_cut) + 1.0), 0.0)
+
+
+def polynomial_cutoff(x: Array, p: int = 6) -> Array:
+    """Polynomial cutoff φ(x) = 1 − (p+1)(p+2)/2 xᵖ + p(p+2) xᵖ⁺¹ − p(p+1)/2 xᵖ⁺² for x < 1 (eq. 29).
+
+    Args:
+        x: scaled distances (distance / cutoff), any shape, x ≥ 0.
+        p: polynomial order (the paper uses 6).
+    Returns:
+        Array of x's shape; 1 at x = 0, 0 with vanishing first and second derivatives at x ≥ 1.
+    """
+    inside = x < 1.0
+    xs = jnp.where(inside, x, 0.0)
+    value = (
+        1.0
+        - 0.5 * (p + 1) * (p + 2) * xs**p
+        + p * (p + 2) * xs ** (p + 1)
+        - 0.5 * p * (p + 1) * xs ** (p + 2)
+    )
+    return jnp.where(inside, value, 0.0)
+
+
+def physnet_radial_basis(r: Array, r_cut: float, num_basis: int = 32) -> Array:
+    """PhysNet radial basis θ_k(r) = φ_rcut(r) · exp(−γ (exp(−r) − μ_k)²) (paper eq. 30).
+
+    μ_k are evenly spaced between exp(−r_cut) and 1; γ = ((2/K)(1 − exp(−r_cut)))⁻².
+
+    Args:
+        r: distances, shape (...,).
+        r_cut: cutoff radius (Å).
+        num_basis: K, the number of basis functions.
+    Returns:
+        Array of shape (..., K).
+    """
+    mu = jnp.linspace(np.exp(-r_cut), 1.0, num_basis, dtype=r.dtype)
+    gamma = ((2.0 / num_basis) * (1.0 - np.exp(-r_cut))) ** -2
+    expanded = jnp.exp(-gamma * (jnp.exp(-r)[..., None] - mu) ** 2)
+    return cosine_cutoff(r, r_cut)[..., None] * expanded
+
+
+@dataclass(frozen=True)
+class DegreeLayout:
+    """Index bookkeeping for SPHCs that hold the degrees ``degrees`` in one flat vector.
+
+    Attributes:
+        degrees: the SPHC degrees L, sorted, e.g. (1, 2, 3).
+    """
+
+    degrees: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.degrees or sorted(set(self.degrees)) != list(self.degrees) or min(self.degrees) < 0:
+            raise ValueError(f"degrees must be a sorted tuple of distinct non-negative ints, got {self.degrees}")
+
+    @property
+    def max_degree(self) -> int:
+        return self.degrees[-1]
+
+    @property
+    def num_degrees(self) -> int:
+        return len(self.degrees)
+
+    @property
+    def dim(self) -> int:
+        """Length of the flat SPHC vector, Σ_l (2l + 1)."""
+        return sum(2 * l + 1 for l in self.degrees)
+
+    @functools.cached_property
+    def e3x_index(self) -> np.ndarray:
+        """Positions of our flat entries inside e3x's (max_degree + 1)² layout (index l² + l + m)."""
+        return np.concatenate([np.arange(l * l, (l + 1) * (l + 1)) for l in self.degrees])
+
+    @functools.cached_property
+    def degree_of_entry(self) -> np.ndarray:
+        """For each flat entry, the position (0..|L|−1) of its degree in ``degrees``; shape (dim,)."""
+        return np.concatenate([np.full(2 * l + 1, k) for k, l in enumerate(self.degrees)])
+
+    @functools.cached_property
+    def entry_to_degree(self) -> np.ndarray:
+        """One-hot (dim, |L|) matrix: χ² @ P sums squares per degree; b @ Pᵀ repeats per-degree scalars."""
+        return np.eye(self.num_degrees)[self.degree_of_entry]
+
+    def slice(self, l: int) -> slice:
+        """The slice of the flat vector holding degree ``l``."""
+        start = sum(2 * k + 1 for k in self.degrees if k < l)
+        return slice(start, start + 2 * l + 1)
+
+    def coupling_paths(self) -> list[tuple[int, int, int]]:
+        """All (l1, l2, l) with l1 < l2 in L, l in L and |l1 − l2| ≤ l ≤ l1 + l2 (the sum in eq. 19)."""
+        return [
+            (l1, l2, l)
+            for i, l1 in enumerate(self.degrees)
+            for l2 in self.degrees[i + 1 :]
+            for l in self.degrees
+            if abs(l1 - l2) <= l <= l1 + l2
+        ]
+
+    def coupling_tensor(self) -> np.ndarray:
+        """Clebsch–Gordan blocks of every coupling path, shape (n_paths, dim, dim, dim).
+
+        Entry [p, a, b, c] is C^{l1 l2 l}_{m1 m2 m} for path p = (l1, l2, l) with a, b, c the flat
+        positions of (l1, m1), (l2, m2), (l, m); zero elsewhere. Contracting with learnable per-path
+        weights k gives the (dim, dim, dim) tensor of eq. 19 once per call.
+        """
+        lmax = self.max_degree
+        cg = np.asarray(e3x.so3.clebsch_gordan(lmax, lmax, lmax), dtype=np.float64)
+        paths = self.coupling_paths()
+        tensor = np.zeros((len(paths), self.dim, self.dim, self.dim))
+        for p, (l1, l2, l) in enumerate(paths):
+            block = cg[l1 * l1 : (l1 + 1) ** 2, l2 * l2 : (l2 + 1) ** 2, l * l : (l + 1) ** 2]
+            tensor[p, self.slice(l1), self.slice(l2), self.slice(l)] = block
+        return tensor
+
+    def path_parities(self) -> np.ndarray:
+        """+1 for coupling paths with l1 + l2 + l even (true tensors), −1 for odd (pseudotensors)."""
+        return np.array([1 if (l1 + l2 + l) % 2 == 0 else -1 for l1, l2, l in self.coupling_paths()])
+
+
+def spherical_harmonics(unit_vectors: Array, layout: DegreeLayout) -> Array:
+    """Real, Racah-normalised spherical harmonics Y^(l)(r̂) for the degrees of ``layout`` (e3x).
+
+    Args:
+        unit_vectors: shape (..., 3), unit length.
+    Returns:
+        Array of shape (..., layout.dim), degrees concatenated in the order of ``layout.degrees``.
+    """
+    y = e3x.so3.spherical_harmonics(unit_vectors, layout.max_degree, r_is_normalized=True)
+    return y[..., layout.e3x_index]
+
+
+def wigner_d(rotation: Array, layout: DegreeLayout) -> Array:
+    """Block-diagonal Wigner-D matrix D(R) acting on flat SPHC vectors, e3x's row-vector convention.
+
+    Y(r̂ @ R) = Y(r̂) @ D(R): when positions are rotated as ``positions @ R``, SPHCs transform as
+    ``chi @ wigner_d(R, layout)``.
+
+    Args:
+        rotation: rotation matrices, shape (..., 3, 3).
+    Returns:
+        Array of shape (..., dim, dim).
+    """
+    d = e3x.so3.wigner_d(rotation, layout.max_degree)
+    idx = layout.e3x_index
+    return d[..., idx[:, None], idx[None, :]]
+
+
+def safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
+    """Euclidean norm with a finite (zero) gradient at x = 0, where √ has an infinite one."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
