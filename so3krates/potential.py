@@ -102,7 +102,9 @@ class Potential:
             volume = jnp.abs(jnp.linalg.det(cell))
             periodic = batch.graph_mask & jnp.any(batch.pbc, axis=-1)
             sym = 0.5 * (grad_strain + jnp.swapaxes(grad_strain, -1, -2))
-            out["stress"] = jnp.where(periodic[:, None, None], sym / jnp.where(periodic, volume, 1.0)[:, None, None], 0.0)
+            out["stress"] = jnp.where(
+                periodic[:, None, None], sym / jnp.where(periodic, volume, 1.0)[:, None, None], 0.0
+            )
         return out
 
     # -- jitted entry points --------------------------------------------------------------------

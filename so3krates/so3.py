@@ -48,12 +48,7 @@ def polynomial_cutoff(x: Array, p: int = 6) -> Array:
     """
     inside = x < 1.0
     xs = jnp.where(inside, x, 0.0)
-    value = (
-        1.0
-        - 0.5 * (p + 1) * (p + 2) * xs**p
-        + p * (p + 2) * xs ** (p + 1)
-        - 0.5 * p * (p + 1) * xs ** (p + 2)
-    )
+    value = 1.0 - 0.5 * (p + 1) * (p + 2) * xs**p + p * (p + 2) * xs ** (p + 1) - 0.5 * p * (p + 1) * xs ** (p + 2)
     return jnp.where(inside, value, 0.0)
 
 

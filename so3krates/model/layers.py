@@ -159,9 +159,9 @@ class FeatureAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, pairs: Pairs, sphc_distances: Array) -> Array:
-        w = RadialSphericalFilter(
-            self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter"
-        )(pairs.rbf, sphc_distances)
+        w = RadialSphericalFilter(self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter")(
+            pairs.rbf, sphc_distances
+        )
         q = HeadDense(self.features, self.num_heads, self.dtype, name="query")(x)
         k = HeadDense(self.features, self.num_heads, self.dtype, name="key")(x)
         v = HeadDense(self.features, self.num_heads, self.dtype, name="value")(x)
@@ -172,9 +172,7 @@ class FeatureAttention(nn.Module):
         return segment_sum(messages, pairs.i, x.shape[0])
 
 
-def sphc_neighbourhood_weight(
-    chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int
-) -> Array:
+def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int) -> Array:
     """Spherical neighbourhood φ_χcut(χ̃_ij) of the non-local correction (paper eq. 14, A.2, eq. 29).
 
     χ_ij = ‖χ_i − χ_j‖ over all degrees; χ̃ = softmax over j of χ_ij within each row i (the pairs must be
@@ -212,13 +210,11 @@ class SphcAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(
-        self, x: Array, pairs: Pairs, sphc_distances: Array, nonlocal_weight: Array | None = None
-    ) -> Array:
+    def __call__(self, x: Array, pairs: Pairs, sphc_distances: Array, nonlocal_weight: Array | None = None) -> Array:
         num_heads = self.layout.num_degrees
-        w = RadialSphericalFilter(
-            self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter"
-        )(pairs.rbf, sphc_distances)
+        w = RadialSphericalFilter(self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter")(
+            pairs.rbf, sphc_distances
+        )
         q = HeadDense(self.features, num_heads, self.dtype, name="query")(x)
         k = HeadDense(self.features, num_heads, self.dtype, name="key")(x)
         alpha = attention_coefficients(q[pairs.i], k[pairs.j], w, num_heads)  # (P, |L|)
@@ -306,7 +302,11 @@ class So3kratesLayer(nn.Module):
     ) -> tuple[Array, Array]:
         edge_distances = sphc_pair_distances(chi, edges, self.layout)
         dx = FeatureAttention(
-            self.features, self.num_heads, self.radial_hidden, self.spherical_hidden, self.dtype,
+            self.features,
+            self.num_heads,
+            self.radial_hidden,
+            self.spherical_hidden,
+            self.dtype,
             name="feature_attention",
         )(x, edges, edge_distances)
         if sphc_pairs is None:
@@ -315,12 +315,16 @@ class So3kratesLayer(nn.Module):
             pair_distances = sphc_pair_distances(chi, sphc_pairs, self.layout)
             nonlocal_weight = nonlocal_fn(chi) if nonlocal_fn is not None else None
         dchi = SphcAttention(
-            self.features, self.layout, self.radial_hidden, self.spherical_hidden, self.dtype,
+            self.features,
+            self.layout,
+            self.radial_hidden,
+            self.spherical_hidden,
+            self.dtype,
             name="sphc_attention",
         )(x, sphc_pairs, pair_distances, nonlocal_weight)
-        return InteractionBlock(
-            self.features, self.layout, self.parity_even_only, self.dtype, name="interaction"
-        )(x + dx, chi + dchi)
+        return InteractionBlock(self.features, self.layout, self.parity_even_only, self.dtype, name="interaction")(
+            x + dx, chi + dchi
+        )
 
 
 def element_table(values: np.ndarray | Array, numbers: Array) -> Array:
