@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from so3krates.graph import Batch
 from so3krates.model.config import ModelConfig
@@ -108,12 +109,24 @@ class Potential:
         return out
 
     # -- jitted entry points --------------------------------------------------------------------
+    def check_elements(self, batch: Batch) -> None:
+        """Refuse atomic numbers beyond the embedding table (checked on the host, before jit)."""
+        if isinstance(batch.numbers, np.ndarray) and batch.numbers.size:
+            z = int(batch.numbers.max())
+            if z > self.config.max_atomic_number:
+                raise ValueError(
+                    f"atomic number {z} is outside the model's element embedding "
+                    f"(max_atomic_number = {self.config.max_atomic_number})"
+                )
+
     def energy(self, variables: Variables, batch: Batch) -> Array:
         """Jitted total energy per structure, shape (G,)."""
+        self.check_elements(batch)
         return self._energy(variables, batch)
 
     def energy_forces(self, variables: Variables, batch: Batch, compute_stress: bool = False) -> dict[str, Array]:
         """Jitted :meth:`predict`: one compiled function per padded batch shape."""
+        self.check_elements(batch)
         return self._energy_forces(variables, batch, compute_stress=compute_stress)
 
     def num_parameters(self, variables: Variables) -> int:

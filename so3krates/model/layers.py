@@ -51,17 +51,20 @@ def per_degree_norm(chi: Array, layout: DegreeLayout) -> Array:
 
 
 def init_sphc(pairs: Pairs, num_atoms: int) -> Array:
-    """SPHC initialisation χ_i^(l) = Σ_j φ(r_ij) Y^(l)(r̂_ij) / Σ_j φ(r_ij) (paper eq. 11).
+    """SPHC initialisation χ_i^(l) = Σ_j φ(r_ij) Y^(l)(r̂_ij) / C_i with C_i = Σ_j φ(r_ij) (paper eq. 11).
 
-    An isolated atom (no neighbour within r_cut) gets χ_i = 0 instead of 0/0.
+    The guard: the denominator is C_i where C_i ≥ 1 (eq. 11 exactly, the case of any atom with a bonded
+    neighbour) and ½ + C_i²/2 below, a C¹ continuation bounded away from zero. Without it, an atom whose
+    only neighbour crosses r_cut would jump from χ_i = 0 to χ_i = Y(r̂_ij) (the ratio φY/φ does not vanish
+    with φ), making the energy discontinuous at the cutoff; isolated atoms get χ_i = 0 instead of 0/0.
 
     Returns:
         (num_atoms, dim) SPHCs.
     """
     numerator = segment_sum(pairs.cutoff[:, None] * pairs.sph, pairs.i, num_atoms)
-    normaliser = segment_sum(pairs.cutoff, pairs.i, num_atoms)
-    has_neighbours = normaliser > 0
-    return numerator / jnp.where(has_neighbours, normaliser, 1.0)[:, None]
+    c = segment_sum(pairs.cutoff, pairs.i, num_atoms)
+    denominator = jnp.where(c >= 1.0, c, 0.5 + 0.5 * c * c)
+    return numerator / denominator[:, None]
 
 
 class HeadDense(nn.Module):

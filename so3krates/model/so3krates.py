@@ -69,6 +69,7 @@ class So3krates(nn.Module):
         # eq. 9: element embedding
         x = nn.Embed(cfg.max_atomic_number + 1, cfg.features, param_dtype=dtype, name="embedding")(batch.numbers)
         chi = init_sphc(edges, num_atoms)  # eq. 11
+        self.sow("intermediates", "sphc", chi)
         for t in range(cfg.num_layers):
             x, chi = So3kratesLayer(
                 cfg.features,
@@ -80,6 +81,8 @@ class So3krates(nn.Module):
                 dtype=dtype,
                 name=f"layer_{t}",
             )(x, chi, edges, sphc_pairs, nonlocal_fn)
+            # SPHCs after each layer, for the equivariance tests and the SPHC figures (Fig. 3).
+            self.sow("intermediates", "sphc", chi)
 
         energy = MLP(cfg.features, 1, dtype, name="output")(x)[:, 0]
         scale = self.variable("normalization", "scale", lambda: jnp.ones(cfg.max_atomic_number + 1, dtype))
