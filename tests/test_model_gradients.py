@@ -79,7 +79,7 @@ def test_padding_and_batch_composition_change_nothing():
         sizes=PadSizes(sizes.n_atoms * 3, sizes.n_edges * 2 + 5, sizes.n_graphs + 4),
     )
     offsets = np.cumsum([0] + [g.n_atoms for g in graphs])
-    for k, g in enumerate(graphs):
+    for k in range(len(graphs)):
         np.testing.assert_allclose(together["energy"][k], alone[k]["energy"][0], rtol=1e-12)
         np.testing.assert_allclose(together["forces"][offsets[k] : offsets[k + 1]], alone[k]["forces"], atol=1e-12)
         np.testing.assert_allclose(padded["energy"][len(graphs) - 1 - k], alone[k]["energy"][0], rtol=1e-12)

@@ -24,8 +24,8 @@ def test_neighbour_list_matches_ase_for_small_triclinic_cell():
     i, j, s = neighbour_list(pos, CELL, np.array([True, True, True]), SMALL.r_cut)
     atoms = Atoms(numbers=z, positions=pos, cell=CELL, pbc=True)
     ia, ja, sa = ase_neighbor_list("ijS", atoms, SMALL.r_cut)
-    ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, s.tolist())))
-    theirs = sorted(zip(ia.tolist(), ja.tolist(), map(tuple, sa.tolist())))
+    ours = sorted(zip(i.tolist(), j.tolist(), map(tuple, s.tolist()), strict=True))
+    theirs = sorted(zip(ia.tolist(), ja.tolist(), map(tuple, sa.tolist()), strict=True))
     assert len(ours) > 10 * len(pos)  # many images: the cell is much smaller than the cutoff sphere
     assert ours == theirs
 
