@@ -44,10 +44,22 @@ def segment_sum(values: Array, segments: Array, num_segments: int) -> Array:
 
 
 def per_degree_norm(chi: Array, layout: DegreeLayout) -> Array:
-    """[‖χ^(l)‖₂]_{l∈L}: per-degree norms of flat SPHC vectors, shape (..., |L|), safe at zero."""
-    sq = chi**2 @ jnp.asarray(layout.entry_to_degree, chi.dtype)
+    """[‖χ^(l)‖₂]_{l∈L}: per-degree norms of flat SPHC vectors, shape (..., |L|), safe at zero.
+
+    Written with static slices rather than a small matrix product so that XLA fuses it with its
+    neighbours (on CPU every unfused op costs a dispatch, which dominates for small molecules).
+    """
+    sq = jnp.stack([jnp.sum(chi[..., layout.slice(l)] ** 2, axis=-1) for l in layout.degrees], axis=-1)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def repeat_per_degree(values: Array, layout: DegreeLayout) -> Array:
+    """Spread one scalar per degree, (..., |L|), over that degree's 2l + 1 entries: (..., dim)."""
+    parts = [
+        jnp.broadcast_to(values[..., k : k + 1], (*values.shape[:-1], 2 * l + 1)) for k, l in enumerate(layout.degrees)
+    ]
+    return jnp.concatenate(parts, axis=-1)
 
 
 def init_sphc(pairs: Pairs, num_atoms: int) -> Array:
@@ -67,12 +79,22 @@ def init_sphc(pairs: Pairs, num_atoms: int) -> Array:
     return numerator / denominator[:, None]
 
 
+def block_diagonal(blocks: Array) -> Array:
+    """(H, w, w) blocks → the (H·w, H·w) block-diagonal matrix (so that heads run as one product)."""
+    num, width, _ = blocks.shape
+    eye = jnp.eye(num, dtype=blocks.dtype)
+    return jnp.einsum("hfg,hk->hfkg", blocks, eye).reshape(num * width, num * width)
+
+
 class HeadDense(nn.Module):
-    """Linear map applied per attention head: x (…, F) → (…, F), block diagonal over H heads.
+    """Per-head linear projection (W_q, W_k or W_v of eqs. 32–34), block diagonal over H heads.
 
     Each head h maps its own slice x^h ∈ R^{F/H} with its own (F/H × F/H) matrix. This is how the
     authors' release projects queries, keys and values; it reproduces the parameter counts of the
     paper's Table 4 (fewer parameters with more SPHC heads), see docs/parameters.md.
+
+    Returns the (F, F) block-diagonal kernel rather than applying it, so that a layer can apply all its
+    projections to x in one matrix product.
     """
 
     features: int
@@ -80,7 +102,7 @@ class HeadDense(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self) -> Array:
         width = self.features // self.num_heads
         kernel = self.param(
             "kernel",
@@ -88,43 +110,62 @@ class HeadDense(nn.Module):
             (self.num_heads, width, width),
             self.dtype,
         )
-        heads = x.reshape(*x.shape[:-1], self.num_heads, width)
-        return jnp.einsum("...hf,hfg->...hg", heads, kernel).reshape(x.shape)
+        return block_diagonal(kernel)
 
 
 class MLP(nn.Module):
-    """Two Dense layers with SiLU in between (the filter and output MLPs of A.3)."""
+    """Two Dense layers with SiLU in between (the output MLP of A.3)."""
 
     hidden: int
     out: int
     dtype: jnp.dtype = jnp.float32
-    use_last_bias: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.dtype, name="dense_0")(x)
         x = nn.silu(x)
-        return nn.Dense(
-            self.out, dtype=self.dtype, param_dtype=self.dtype, use_bias=self.use_last_bias, name="dense_1"
-        )(x)
+        return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.dtype, name="dense_1")(x)
 
 
-class RadialSphericalFilter(nn.Module):
-    """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3).
+class RadialFilterHidden(nn.Module):
+    """First layer of every radial filter MLP of the model, SiLU(θ(r_ij) W₁ + b₁), in one product.
 
-    φ_r: radial filter, MLP [radial_hidden, F] on the PhysNet basis; φ_s: spherical filter,
-    MLP [spherical_hidden, F] on the per-degree SPHC distances χ_ij^(l) = ‖χ_j^(l) − χ_i^(l)‖.
+    The radial basis θ(r_ij) (eq. 30) is the same in every layer, so the first Dense layers of all
+    2·num_layers radial filters (A.3: K → radial_hidden) are one (K → 2·num_layers·radial_hidden) matrix
+    product, computed once per call instead of once per filter.
+
+    Returns:
+        (P, num_layers, 2, radial_hidden): hidden activations per layer, for the feature (0) and the
+        SPHC (1) filter.
     """
 
-    features: int
-    radial_hidden: int = 128
-    spherical_hidden: int = 32
+    num_layers: int
+    radial_hidden: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, rbf: Array, sphc_distances: Array) -> Array:
-        radial = MLP(self.radial_hidden, self.features, self.dtype, name="radial")(rbf)
-        spherical = MLP(self.spherical_hidden, self.features, self.dtype, name="spherical")(sphc_distances)
+    def __call__(self, rbf: Array) -> Array:
+        h = nn.Dense(2 * self.num_layers * self.radial_hidden, dtype=self.dtype, param_dtype=self.dtype)(rbf)
+        return nn.silu(h).reshape(rbf.shape[0], self.num_layers, 2, self.radial_hidden)
+
+
+class RadialSphericalFilter(nn.Module):
+    """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3), given both first layers.
+
+    φ_r: radial filter, MLP [radial_hidden, F] on the PhysNet basis (first layer in
+    :class:`RadialFilterHidden`); φ_s: spherical filter, MLP [spherical_hidden, F] on the per-degree SPHC
+    distances χ_ij^(l) = ‖χ_j^(l) − χ_i^(l)‖ (first layer shared with the layer's other filter).
+    """
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, radial_hidden: Array, spherical_hidden: Array) -> Array:
+        radial = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.dtype, name="radial")(radial_hidden)
+        spherical = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.dtype, name="spherical")(
+            spherical_hidden
+        )
         return radial + spherical
 
 
@@ -143,36 +184,29 @@ def attention_coefficients(q_i: Array, k_j: Array, w_ij: Array, num_heads: int) 
     return prod.sum(-1) / jnp.sqrt(jnp.asarray(width, q_i.dtype))
 
 
-def sphc_pair_distances(chi: Array, pairs: Pairs, layout: DegreeLayout) -> Array:
-    """Per-degree SPHC distances [χ_ij^(l)]_l = [‖χ_j^(l) − χ_i^(l)‖]_l, shape (P, |L|) (eq. 16)."""
-    return per_degree_norm(chi[pairs.j] - chi[pairs.i], layout)
+def feature_messages(alpha: Array, cutoff: Array, v_j: Array) -> Array:
+    """Messages φ(r_ij) α^h_ij (W_v x_j)^h of the feature update (eqs. 12, 33), heads concatenated.
 
-
-class FeatureAttention(nn.Module):
-    """Feature update Δx_i = Σ_j φ(r_ij) α^h_ij (W_v x_j)^h, heads concatenated (eqs. 12, 33).
-
-    Returns the update only; the caller adds it to x.
+    Args:
+        alpha: (P, H).  cutoff: (P,).  v_j: (P, F) values of the neighbours.
+    Returns:
+        (P, F); their segment sum over j is Δx_i.
     """
+    num_heads = alpha.shape[-1]
+    v = v_j.reshape(v_j.shape[0], num_heads, -1)
+    return ((alpha * cutoff[:, None])[:, :, None] * v).reshape(v_j.shape)
 
-    features: int
-    num_heads: int
-    radial_hidden: int
-    spherical_hidden: int
-    dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array, pairs: Pairs, sphc_distances: Array) -> Array:
-        w = RadialSphericalFilter(self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter")(
-            pairs.rbf, sphc_distances
-        )
-        q = HeadDense(self.features, self.num_heads, self.dtype, name="query")(x)
-        k = HeadDense(self.features, self.num_heads, self.dtype, name="key")(x)
-        v = HeadDense(self.features, self.num_heads, self.dtype, name="value")(x)
-        alpha = attention_coefficients(q[pairs.i], k[pairs.j], w, self.num_heads)  # (P, H)
-        weight = alpha * pairs.cutoff[:, None]
-        v_j = v[pairs.j].reshape(-1, self.num_heads, self.features // self.num_heads)
-        messages = (weight[:, :, None] * v_j).reshape(-1, self.features)
-        return segment_sum(messages, pairs.i, x.shape[0])
+def sphc_messages(alpha: Array, weight: Array, sph: Array, layout: DegreeLayout) -> Array:
+    """Messages weight_ij α^(l)_ij Y^(l)(r̂_ij) of the SPHC update (eqs. 13, 34; eq. 14 with the
+    non-local weight), one head per degree.
+
+    Args:
+        alpha: (P, |L|).  weight: (P,) φ(r_ij), plus φ_χcut(χ̃_ij) with the correction.  sph: (P, dim).
+    Returns:
+        (P, dim); their segment sum over j is Δχ_i.
+    """
+    return repeat_per_degree(alpha * weight[:, None], layout) * sph
 
 
 def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int) -> Array:
@@ -197,33 +231,6 @@ def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array
     softmax = e / jnp.where(row_sum > 0, row_sum, 1.0)[pairs.i]
     chi_cut = kappa / n_atoms_of_centre.astype(chi.dtype)
     return jnp.where(pairs.mask, polynomial_cutoff(softmax / chi_cut, p), 0.0)
-
-
-class SphcAttention(nn.Module):
-    """SPHC update Δχ_i^(l) = Σ_j φ(r_ij) α^(l)_ij Y^(l)(r̂_ij), one head per degree (eqs. 13, 34).
-
-    With ``nonlocal_weight`` (the spherical neighbourhood of eq. 14) the sum runs over all pairs of the
-    structure with weight φ(r_ij) + φ_χcut(χ̃_ij): local in R³ plus local in SPHC space.
-    """
-
-    features: int
-    layout: DegreeLayout
-    radial_hidden: int
-    spherical_hidden: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array, pairs: Pairs, sphc_distances: Array, nonlocal_weight: Array | None = None) -> Array:
-        num_heads = self.layout.num_degrees
-        w = RadialSphericalFilter(self.features, self.radial_hidden, self.spherical_hidden, self.dtype, name="filter")(
-            pairs.rbf, sphc_distances
-        )
-        q = HeadDense(self.features, num_heads, self.dtype, name="query")(x)
-        k = HeadDense(self.features, num_heads, self.dtype, name="key")(x)
-        alpha = attention_coefficients(q[pairs.i], k[pairs.j], w, num_heads)  # (P, |L|)
-        weight = pairs.cutoff if nonlocal_weight is None else pairs.cutoff + nonlocal_weight
-        per_entry = (alpha * weight[:, None]) @ jnp.asarray(self.layout.entry_to_degree.T, self.dtype)
-        return segment_sum(per_entry * pairs.sph, pairs.i, x.shape[0])
 
 
 class CrossDegreeCoupling(nn.Module):
@@ -273,23 +280,25 @@ class InteractionBlock(nn.Module):
             per_degree_norm(chi_coupled, self.layout)
         )
         x = (x + a1 + a2 * a3) / jnp.sqrt(jnp.asarray(3.0, self.dtype))
-        repeat = jnp.asarray(self.layout.entry_to_degree.T, self.dtype)
-        chi = chi + (b1 @ repeat) * chi + (b2 @ repeat) * chi_coupled
+        chi = chi + repeat_per_degree(b1, self.layout) * chi + repeat_per_degree(b2, self.layout) * chi_coupled
         return x, chi
 
 
 class So3kratesLayer(nn.Module):
-    """One So3krates layer: feature and SPHC attention read the same (x, χ), then the interaction block.
+    """One So3krates layer: feature and SPHC self-attention read the same (x, χ), then the interaction.
 
-    ``sphc_pairs`` are the pairs the SPHC attention runs over: the local edges, or all pairs of each
-    structure when the non-local correction (eq. 14) is on, in which case ``nonlocal_fn`` gives the
-    spherical-neighbourhood weights from the current SPHCs.
+    Feature attention (eqs. 12, 15, 32, 33) runs over the local edges; SPHC attention (eqs. 13, 34) over
+    the same edges, or, with the non-local correction (eq. 14), over all pairs of each structure
+    (``sphc_pairs``) with the spherical-neighbourhood weights given by ``nonlocal_fn(χ)``.
+
+    For speed, all five projections (W_q, W_k, W_v of the feature block; W_q, W_k of the SPHC block) are
+    one matrix product, centre and neighbour quantities are gathered once, and both updates are one
+    segment sum: on CPU the number of separate operations, not the FLOPs, limits small molecules.
     """
 
     features: int
     num_heads: int
     layout: DegreeLayout
-    radial_hidden: int
     spherical_hidden: int
     parity_even_only: bool = False
     dtype: jnp.dtype = jnp.float32
@@ -300,34 +309,55 @@ class So3kratesLayer(nn.Module):
         x: Array,
         chi: Array,
         edges: Pairs,
+        edge_radial_hidden: Array,
         sphc_pairs: Pairs | None = None,
+        pair_radial_hidden: Array | None = None,
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
-        edge_distances = sphc_pair_distances(chi, edges, self.layout)
-        dx = FeatureAttention(
-            self.features,
-            self.num_heads,
-            self.radial_hidden,
-            self.spherical_hidden,
-            self.dtype,
-            name="feature_attention",
-        )(x, edges, edge_distances)
-        if sphc_pairs is None:
-            sphc_pairs, pair_distances, nonlocal_weight = edges, edge_distances, None
-        else:
-            pair_distances = sphc_pair_distances(chi, sphc_pairs, self.layout)
-            nonlocal_weight = nonlocal_fn(chi) if nonlocal_fn is not None else None
-        dchi = SphcAttention(
-            self.features,
-            self.layout,
-            self.radial_hidden,
-            self.spherical_hidden,
-            self.dtype,
-            name="sphc_attention",
-        )(x, sphc_pairs, pair_distances, nonlocal_weight)
-        return InteractionBlock(self.features, self.layout, self.parity_even_only, self.dtype, name="interaction")(
-            x + dx, chi + dchi
+        F, H, layout = self.features, self.num_heads, self.layout
+        num_atoms = x.shape[0]
+        kernels = [
+            HeadDense(F, H, self.dtype, name="feature_query")(),
+            HeadDense(F, H, self.dtype, name="feature_key")(),
+            HeadDense(F, H, self.dtype, name="feature_value")(),
+            HeadDense(F, layout.num_degrees, self.dtype, name="sphc_query")(),
+            HeadDense(F, layout.num_degrees, self.dtype, name="sphc_key")(),
+        ]
+        q_f, k_f, v_f, q_s, k_s = jnp.split(x @ jnp.concatenate(kernels, axis=1), 5, axis=-1)
+        spherical_first = nn.Dense(
+            2 * self.spherical_hidden, dtype=self.dtype, param_dtype=self.dtype, name="spherical"
         )
+        feature_filter = RadialSphericalFilter(F, self.dtype, name="feature_filter")
+        sphc_filter = RadialSphericalFilter(F, self.dtype, name="sphc_filter")
+        sh = self.spherical_hidden
+
+        # Gather once per side: centre i and neighbour j quantities of every edge.
+        centre = jnp.concatenate([q_f, q_s, chi], axis=-1)[edges.i]
+        neighbour = jnp.concatenate([k_f, v_f, k_s, chi], axis=-1)[edges.j]
+        q_f_i, q_s_i, chi_i = jnp.split(centre, [F, 2 * F], axis=-1)
+        k_f_j, v_f_j, k_s_j, chi_j = jnp.split(neighbour, [F, 2 * F, 3 * F], axis=-1)
+        spherical_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))  # eq. 16 input
+
+        w_f = feature_filter(edge_radial_hidden[:, 0], spherical_h[:, :sh])
+        messages = feature_messages(attention_coefficients(q_f_i, k_f_j, w_f, H), edges.cutoff, v_f_j)
+
+        if sphc_pairs is None:  # local SPHC attention on the same edges: one segment sum for both updates
+            w_s = sphc_filter(edge_radial_hidden[:, 1], spherical_h[:, sh:])
+            alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
+            messages = jnp.concatenate([messages, sphc_messages(alpha_s, edges.cutoff, edges.sph, layout)], -1)
+            dx, dchi = jnp.split(segment_sum(messages, edges.i, num_atoms), [F], axis=-1)
+        else:  # non-local correction: SPHC attention over all pairs (eq. 14)
+            dx = segment_sum(messages, edges.i, num_atoms)
+            p_centre = jnp.concatenate([q_s, chi], axis=-1)[sphc_pairs.i]
+            p_neighbour = jnp.concatenate([k_s, chi], axis=-1)[sphc_pairs.j]
+            q_s_i, chi_i = jnp.split(p_centre, [F], axis=-1)
+            k_s_j, chi_j = jnp.split(p_neighbour, [F], axis=-1)
+            pair_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))
+            w_s = sphc_filter(pair_radial_hidden[:, 1], pair_h[:, sh:])
+            alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
+            weight = sphc_pairs.cutoff + (nonlocal_fn(chi) if nonlocal_fn is not None else 0.0)
+            dchi = segment_sum(sphc_messages(alpha_s, weight, sphc_pairs.sph, layout), sphc_pairs.i, num_atoms)
+        return InteractionBlock(F, layout, self.parity_even_only, self.dtype, name="interaction")(x + dx, chi + dchi)
 
 
 def element_table(values: np.ndarray | Array, numbers: Array) -> Array:

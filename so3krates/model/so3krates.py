@@ -11,6 +11,7 @@ from so3krates.model.config import ModelConfig
 from so3krates.model.layers import (
     MLP,
     Pairs,
+    RadialFilterHidden,
     So3kratesLayer,
     init_sphc,
     segment_sum,
@@ -70,17 +71,27 @@ class So3krates(nn.Module):
         x = nn.Embed(cfg.max_atomic_number + 1, cfg.features, param_dtype=dtype, name="embedding")(batch.numbers)
         chi = init_sphc(edges, num_atoms)  # eq. 11
         self.sow("intermediates", "sphc", chi)
+        radial_first = RadialFilterHidden(cfg.num_layers, cfg.radial_hidden, dtype, name="radial_filters")
+        edge_radial = radial_first(edges.rbf)
+        pair_radial = radial_first(sphc_pairs.rbf) if sphc_pairs is not None else None
         for t in range(cfg.num_layers):
             x, chi = So3kratesLayer(
                 cfg.features,
                 cfg.num_heads,
                 layout,
-                cfg.radial_hidden,
                 cfg.spherical_hidden,
                 parity_even_only=not cfg.pseudotensor_paths,
                 dtype=dtype,
                 name=f"layer_{t}",
-            )(x, chi, edges, sphc_pairs, nonlocal_fn)
+            )(
+                x,
+                chi,
+                edges,
+                edge_radial[:, t],
+                sphc_pairs,
+                pair_radial[:, t] if pair_radial is not None else None,
+                nonlocal_fn,
+            )
             # SPHCs after each layer, for the equivariance tests and the SPHC figures (Fig. 3).
             self.sow("intermediates", "sphc", chi)
 
