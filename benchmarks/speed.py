@@ -167,7 +167,7 @@ def scaling(potential: Potential, sizes: list[int], repeats: int) -> list[dict]:
         jax.block_until_ready(potential.energy_forces(variables, batch))
         compile_s = time.perf_counter() - t0
         reps = repeats if len(pos) <= 2500 else max(3, repeats // 3)
-        ms = median_ms(lambda b=batch: potential.energy_forces(variables, b), reps)
+        ms = median_ms(lambda b=batch, v=variables: potential.energy_forces(v, b), reps)
         edges = int(batch.edge_mask.sum())
         rows.append(
             {"atoms": len(pos), "edges": edges, "ms": ms, "us_per_edge": 1e3 * ms / edges, "compile_s": compile_s}
