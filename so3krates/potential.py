@@ -64,7 +64,7 @@ class Potential:
         positions = jnp.asarray(batch.positions, self.dtype)
         cell = jnp.asarray(batch.cell, self.dtype)
         pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
-        variables = self.module.init(key, batch, edge_vectors(positions, cell, batch), pairs)
+        variables = self.module.init(key, batch, edge_vectors(positions, cell, batch), pairs, positions)
         return jax.tree_util.tree_map(lambda x: x, dict(variables))
 
     # -- the functional core --------------------------------------------------------------------
@@ -79,7 +79,7 @@ class Potential:
             positions = jnp.einsum("ni,nij->nj", positions, deformation[batch.node_graph])
             cell = jnp.einsum("gij,gjk->gik", cell, deformation)
         pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
-        atomic = self.module.apply(variables, batch, edge_vectors(positions, cell, batch), pairs)
+        atomic = self.module.apply(variables, batch, edge_vectors(positions, cell, batch), pairs, positions)
         return total_energy(atomic, batch, variables["normalization"]["energy_offset"])
 
     def predict(self, variables: Variables, batch: Batch, compute_stress: bool = False) -> dict[str, Array]:

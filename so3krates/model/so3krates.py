@@ -49,7 +49,13 @@ class So3krates(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, batch: Batch, edge_vectors: Array, pair_vectors: Array | None = None) -> Array:
+    def __call__(
+        self,
+        batch: Batch,
+        edge_vectors: Array,
+        pair_vectors: Array | None = None,
+        positions: Array | None = None,
+    ) -> Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         layout = DegreeLayout(cfg.degrees)
@@ -74,7 +80,9 @@ class So3krates(nn.Module):
         radial_first = RadialFilterHidden(cfg.num_layers, cfg.radial_hidden, dtype, name="radial_filters")
         edge_radial = radial_first(edges.rbf)
         pair_radial = radial_first(sphc_pairs.rbf) if sphc_pairs is not None else None
+        efa_layers = set(range(cfg.num_layers)) if cfg.global_attention == "efa" else set()
         for t in range(cfg.num_layers):
+            x_in = x
             x, chi = So3kratesLayer(
                 cfg.features,
                 cfg.num_heads,
@@ -92,6 +100,13 @@ class So3krates(nn.Module):
                 pair_radial[:, t] if pair_radial is not None else None,
                 nonlocal_fn,
             )
+            if t in efa_layers:
+                # Euclidean fast attention reads the same x as the local layer (they run in parallel).
+                from so3krates.model.efa import EfaUpdate
+
+                if positions is None:
+                    raise ValueError("global_attention='efa' needs the atomic positions")
+                x = x + EfaUpdate(cfg, name=f"efa_{t}")(x_in, positions, batch)
             # SPHCs after each layer, for the equivariance tests and the SPHC figures (Fig. 3).
             self.sow("intermediates", "sphc", chi)
 
