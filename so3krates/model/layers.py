@@ -25,7 +25,7 @@ class Pairs:
     """Geometry of a list of atom pairs (i, j): the edges within r_cut, or all pairs (eq. 14).
 
     Attributes:
-        i, j: (P,) centre and neighbour atom.  mask: (P,) real pairs.
+        i, j: (P,) centre and neighbour atom.  mask: (P,) real pairs.  r: (P,) distances.
         cutoff: (P,) φ_rcut(r_ij) (eq. 31), zero for masked pairs and beyond r_cut.
         rbf: (P, K) PhysNet basis θ(r_ij) (eq. 30).  sph: (P, dim) Y^(l)(r̂_ij) for l ∈ L.
     """
@@ -33,6 +33,7 @@ class Pairs:
     i: Array
     j: Array
     mask: Array
+    r: Array
     cutoff: Array
     rbf: Array
     sph: Array
@@ -127,42 +128,77 @@ class MLP(nn.Module):
         return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.dtype, name="dense_1")(x)
 
 
-class RadialFilterHidden(nn.Module):
-    """First layer of every radial filter MLP of the model, SiLU(θ(r_ij) W₁ + b₁), in one product.
+class RadialFilters(nn.Module):
+    """The radial filters φ_r(θ(r_ij)) of every layer and block (eq. 16, A.3: MLP [radial_hidden, F]).
 
     The radial basis θ(r_ij) (eq. 30) is the same in every layer, so the first Dense layers of all
-    2·num_layers radial filters (A.3: K → radial_hidden) are one (K → 2·num_layers·radial_hidden) matrix
-    product, computed once per call instead of once per filter.
+    2·num_layers radial filters are one (K → 2·num_layers·radial_hidden) matrix product and the second
+    layers one batched product, computed once per call instead of once per filter. They depend on the
+    distance alone, which is what :func:`tabulate_radial_filters` exploits for inference.
 
     Returns:
-        (P, num_layers, 2, radial_hidden): hidden activations per layer, for the feature (0) and the
-        SPHC (1) filter.
+        (P, num_layers, 2, F): the radial filter of the feature (0) and SPHC (1) block of every layer.
     """
 
     num_layers: int
     radial_hidden: int
+    features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, rbf: Array) -> Array:
-        h = nn.Dense(2 * self.num_layers * self.radial_hidden, dtype=self.dtype, param_dtype=self.dtype)(rbf)
-        return nn.silu(h).reshape(rbf.shape[0], self.num_layers, 2, self.radial_hidden)
+        L, C, F = self.num_layers, self.radial_hidden, self.features
+        h = nn.Dense(2 * L * C, dtype=self.dtype, param_dtype=self.dtype, name="hidden")(rbf)
+        h = nn.silu(h).reshape(rbf.shape[0], L, 2, C)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(batch_axis=(0, 1)), (L, 2, C, F), self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (L, 2, F), self.dtype)
+        return jnp.einsum("elbc,lbcf->elbf", h, kernel) + bias
+
+
+@flax.struct.dataclass
+class RadialTable:
+    """Radial filters of all layers tabulated on a uniform grid over [0, r_cut] for cubic Hermite
+    interpolation: ``values`` and ``slopes`` (exact derivatives from autodiff) at the grid points, each of
+    shape (num_points, num_layers, 2, F)."""
+
+    spacing: Array
+    values: Array
+    slopes: Array
+
+
+def interpolate_radial_filters(r: Array, table: RadialTable) -> Array:
+    """Cubic Hermite interpolation of the tabulated radial filters at distances r, (P,) → (P, L, 2, F).
+
+    Beyond the last grid point (r ≥ r_cut, where θ = 0 and the filter is constant) the last value is
+    used. The interpolant is C¹, so forces stay continuous; its error is O(h⁴).
+    """
+    n = table.values.shape[0]
+    x = jnp.clip(r / table.spacing, 0.0, n - 1.0)
+    k = jnp.minimum(jnp.floor(x).astype(jnp.int32), n - 2)
+    t = (x - k)[:, None, None, None]
+    h = table.spacing
+    t2, t3 = t * t, t * t * t
+    return (
+        (2 * t3 - 3 * t2 + 1) * table.values[k]
+        + (t3 - 2 * t2 + t) * h * table.slopes[k]
+        + (-2 * t3 + 3 * t2) * table.values[k + 1]
+        + (t3 - t2) * h * table.slopes[k + 1]
+    )
 
 
 class RadialSphericalFilter(nn.Module):
-    """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3), given both first layers.
+    """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3).
 
-    φ_r: radial filter, MLP [radial_hidden, F] on the PhysNet basis (first layer in
-    :class:`RadialFilterHidden`); φ_s: spherical filter, MLP [spherical_hidden, F] on the per-degree SPHC
-    distances χ_ij^(l) = ‖χ_j^(l) − χ_i^(l)‖ (first layer shared with the layer's other filter).
+    φ_r, the radial filter, comes in computed (:class:`RadialFilters`, or its table); φ_s, the spherical
+    filter, MLP [spherical_hidden, F] on the per-degree SPHC distances χ_ij^(l) = ‖χ_j^(l) − χ_i^(l)‖, is
+    applied here to its hidden activations (its first layer is shared with the layer's other filter).
     """
 
     features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, radial_hidden: Array, spherical_hidden: Array) -> Array:
-        radial = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.dtype, name="radial")(radial_hidden)
+    def __call__(self, radial: Array, spherical_hidden: Array) -> Array:
         spherical = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.dtype, name="spherical")(
             spherical_hidden
         )
@@ -309,9 +345,9 @@ class So3kratesLayer(nn.Module):
         x: Array,
         chi: Array,
         edges: Pairs,
-        edge_radial_hidden: Array,
+        edge_radial: Array,
         sphc_pairs: Pairs | None = None,
-        pair_radial_hidden: Array | None = None,
+        pair_radial: Array | None = None,
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         F, H, layout = self.features, self.num_heads, self.layout
@@ -338,11 +374,11 @@ class So3kratesLayer(nn.Module):
         k_f_j, v_f_j, k_s_j, chi_j = jnp.split(neighbour, [F, 2 * F, 3 * F], axis=-1)
         spherical_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))  # eq. 16 input
 
-        w_f = feature_filter(edge_radial_hidden[:, 0], spherical_h[:, :sh])
+        w_f = feature_filter(edge_radial[:, 0], spherical_h[:, :sh])
         messages = feature_messages(attention_coefficients(q_f_i, k_f_j, w_f, H), edges.cutoff, v_f_j)
 
         if sphc_pairs is None:  # local SPHC attention on the same edges: one segment sum for both updates
-            w_s = sphc_filter(edge_radial_hidden[:, 1], spherical_h[:, sh:])
+            w_s = sphc_filter(edge_radial[:, 1], spherical_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             messages = jnp.concatenate([messages, sphc_messages(alpha_s, edges.cutoff, edges.sph, layout)], -1)
             dx, dchi = jnp.split(segment_sum(messages, edges.i, num_atoms), [F], axis=-1)
@@ -353,7 +389,7 @@ class So3kratesLayer(nn.Module):
             q_s_i, chi_i = jnp.split(p_centre, [F], axis=-1)
             k_s_j, chi_j = jnp.split(p_neighbour, [F], axis=-1)
             pair_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))
-            w_s = sphc_filter(pair_radial_hidden[:, 1], pair_h[:, sh:])
+            w_s = sphc_filter(pair_radial[:, 1], pair_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             weight = sphc_pairs.cutoff + (nonlocal_fn(chi) if nonlocal_fn is not None else 0.0)
             dchi = segment_sum(sphc_messages(alpha_s, weight, sphc_pairs.sph, layout), sphc_pairs.i, num_atoms)
