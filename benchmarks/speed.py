@@ -128,6 +128,9 @@ def toluene_protocol(potential: Potential, repeats: int) -> dict:
     jax.block_until_ready(potential.energy_forces(variables, batch))
     compile_inference = time.perf_counter() - t0
     inference = median_ms(lambda: potential.energy_forces(variables, batch), repeats)
+    table = potential.tabulate(variables)
+    jax.block_until_ready(potential.energy_forces(variables, batch, radial_table=table))
+    inference_tabulated = median_ms(lambda: potential.energy_forces(variables, batch, radial_table=table), repeats)
 
     optimizer, step = make_train_step(potential)
     params, normalization = variables["params"], variables["normalization"]
@@ -149,6 +152,7 @@ def toluene_protocol(potential: Potential, repeats: int) -> dict:
         "padded_edges": int(batch.edge_mask.shape[0]),
         "parameters": potential.num_parameters(variables),
         "inference_ms": inference,
+        "inference_tabulated_ms": inference_tabulated,
         "train_step_ms": train,
         "compile_inference_s": compile_inference,
         "compile_train_s": compile_train,
@@ -168,11 +172,25 @@ def scaling(potential: Potential, sizes: list[int], repeats: int) -> list[dict]:
         compile_s = time.perf_counter() - t0
         reps = repeats if len(pos) <= 2500 else max(3, repeats // 3)
         ms = median_ms(lambda b=batch, v=variables: potential.energy_forces(v, b), reps)
+        table = potential.tabulate(variables)
+        jax.block_until_ready(potential.energy_forces(variables, batch, radial_table=table))
+        ms_tab = median_ms(lambda b=batch, v=variables, t=table: potential.energy_forces(v, b, radial_table=t), reps)
         edges = int(batch.edge_mask.sum())
         rows.append(
-            {"atoms": len(pos), "edges": edges, "ms": ms, "us_per_edge": 1e3 * ms / edges, "compile_s": compile_s}
+            {
+                "atoms": len(pos),
+                "edges": edges,
+                "ms": ms,
+                "ms_tabulated": ms_tab,
+                "us_per_edge": 1e3 * ms / edges,
+                "us_per_edge_tabulated": 1e3 * ms_tab / edges,
+                "compile_s": compile_s,
+            }
         )
-        print(f"  water {len(pos):6d} atoms {edges:8d} edges: {ms:9.1f} ms ({1e3 * ms / edges:.1f} µs/edge)")
+        print(
+            f"  water {len(pos):6d} atoms {edges:8d} edges: {ms:9.1f} ms ({1e3 * ms / edges:.1f} µs/edge), "
+            f"tabulated {ms_tab:9.1f} ms ({1e3 * ms_tab / edges:.1f} µs/edge)"
+        )
     return rows
 
 
@@ -203,7 +221,8 @@ def main() -> None:
     result["toluene_x4"] = toluene_protocol(potential, args.repeats)
     t = result["toluene_x4"]
     print(
-        f"toluene x4: inference {t['inference_ms']:.1f} ms (reference {REFERENCE['toluene_inference_ms']:.0f}), "
+        f"toluene x4: inference {t['inference_ms']:.1f} ms, tabulated {t['inference_tabulated_ms']:.1f} ms "
+        f"(reference {REFERENCE['toluene_inference_ms']:.0f}), "
         f"train step {t['train_step_ms']:.1f} ms (reference {REFERENCE['toluene_train_step_ms']:.0f}), "
         f"compile {t['compile_inference_s']:.1f} s + {t['compile_train_s']:.1f} s, {t['parameters']} parameters"
     )
