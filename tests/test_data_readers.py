@@ -365,3 +365,24 @@ def test_shared_lipo_pbc():
     assert f.pbc.all()
     np.testing.assert_allclose(np.diag(f.cell[0]), [10.54544, 12.319383, 14.856735])
     assert f.energy[0] == pytest.approx(-1202.43358566)
+
+
+def test_close_atoms_minimum_image_and_late_frame(tmp_path):
+    # periodic: atoms 0.05 Å apart only through the boundary
+    a = Atoms("H2", positions=[[0.02, 1, 1], [4.97, 1, 1]], cell=np.eye(3) * 5.0, pbc=True)
+    path = tmp_path / "wrap.extxyz"
+    ase.io.write(path, [a.copy(), a], format="extxyz")
+    with pytest.raises(ValueError, match=r"wrap\.extxyz: frame 0: atoms 0 and 1 .*closer than 0\.1"):
+        read_frames(path)
+    a.pbc = False  # the same coordinates as a molecule are fine
+    ase.io.write(path, [a], format="extxyz")
+    assert len(read_frames(path)) == 1
+    # the vectorised pre-check finds a bad frame deep in a large molecular dataset
+    rng = np.random.default_rng(5)
+    r = np.stack([_molecule(rng) for _ in range(300)])
+    r[257, 4] = r[257, 2] + [0.0, 0.03, 0.0]
+    big = tmp_path / "big.npz"
+    np.savez(big, R=r, z=np.array([6, 1, 1, 8, 1]))
+    with pytest.raises(ValueError, match=r"big\.npz: frame 257: atoms 2 and 4"):
+        read_frames(big)
+    assert len(read_frames(big, index="-40:")) == 40

@@ -349,8 +349,10 @@ def _finish(raw: _Raw, path: Path, ef: float, lf: float, require_energy: bool, r
     positions = [p * lf for p in raw.positions]
     cell = np.array(raw.cell, dtype=np.float64).reshape(m, 3, 3) * lf
     pbc = np.array(raw.pbc, dtype=bool).reshape(m, 3)
+    suspect = _suspect_frames(positions, raw.numbers, pbc)
     for k, i in enumerate(raw.frame_ids):
-        check_structure(positions[k], raw.numbers[k], cell[k], pbc[k], where=f"{path}: frame {i}")
+        if suspect[k]:
+            check_structure(positions[k], raw.numbers[k], cell[k], pbc[k], where=f"{path}: frame {i}")
     return Frames(
         positions=positions,
         numbers=raw.numbers,
@@ -361,3 +363,34 @@ def _finish(raw: _Raw, path: Path, ef: float, lf: float, require_energy: bool, r
         stress=None if labels["stress"] is None else np.array(labels["stress"]).reshape(m, 3, 3) * (ef / lf**3),
         source=str(path),
     )
+
+
+_MAX_DENSE_ATOMS = 2000  # molecules up to this size are pre-checked with dense distance matrices
+
+
+def _suspect_frames(positions: list[np.ndarray], numbers: list[np.ndarray], pbc: np.ndarray) -> np.ndarray:
+    """(M,) bool: frames that ``check_structure`` must look at (vectorised pre-check, same criteria).
+
+    Periodic and very large frames are always suspect; molecules are suspect only if some atomic
+    number is outside 1..118 or two atoms are closer than ``MIN_DISTANCE`` (then ``check_structure``
+    raises with its message). Saves one neighbour-list call per frame on large molecular datasets.
+    """
+    from so3krates.graph import MAX_ATOMIC_NUMBER, MIN_DISTANCE
+
+    m = len(positions)
+    suspect = np.ones(m, dtype=bool)
+    sizes = np.array([len(z) for z in numbers])
+    molecular = ~pbc.any(axis=1) & (sizes <= _MAX_DENSE_ATOMS)
+    for n in np.unique(sizes[molecular]):
+        idx = np.flatnonzero(molecular & (sizes == n))
+        chunk = max(1, 2_000_000 // max(1, int(n) * int(n)))
+        for start in range(0, len(idx), chunk):
+            sel = idx[start : start + chunk]
+            z = np.stack([numbers[k] for k in sel])
+            p = np.stack([positions[k] for k in sel])
+            d2 = np.sum((p[:, :, None, :] - p[:, None, :, :]) ** 2, axis=-1)
+            d2[:, np.arange(n), np.arange(n)] = np.inf
+            close = d2.reshape(len(sel), -1).min(axis=1) < MIN_DISTANCE**2 if n > 1 else np.zeros(len(sel), bool)
+            bad_z = ((z < 1) | (z > MAX_ATOMIC_NUMBER)).any(axis=1)
+            suspect[sel] = close | bad_z
+    return suspect
