@@ -248,8 +248,10 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Pa
     return ParallelTrainState(params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def eq35_structure_loss(beta: float, stress_weight: float = 0.0, scales: LossScales = LossScales()) -> StructureLossFn:
+def eq35_structure_loss(beta: float, stress_weight: float = 0.0, scales: LossScales | None = None) -> StructureLossFn:
     """The per-structure loss L_k of eq. 35, ``(pred, batch) -> (G,)``, for :func:`make_parallel_train_step`."""
+
+    scales = scales or LossScales()
 
     def fn(pred: dict[str, Array], batch: Batch) -> Array:
         return structure_loss(structure_errors(pred, batch, scales), beta, stress_weight)
@@ -265,7 +267,7 @@ def make_parallel_train_step(
     *,
     compute_stress: bool = False,
     ema_decay: float = 0.0,
-    scales: LossScales = LossScales(),
+    scales: LossScales | None = None,
 ) -> Callable[[Any, Any, Batch, Any], tuple[Any, dict[str, Array]]]:
     """The jitted, sharded ``train_step(state, normalization, stacked_batch, lr) -> (state, stats)``.
 
@@ -283,6 +285,8 @@ def make_parallel_train_step(
         ``loss_sum``, ``n_structures``, ``energy_abs_sum``, ``energy_diff_sum``, ``n_energy``,
         ``forces_abs_sum``, ``n_force_components``, ``grad_norm``; ``loss`` is the global mean.
     """
+
+    scales = scales or LossScales()
 
     def per_device(params: Any, normalization: Any, batch: Batch) -> tuple[Array, dict[str, Array]]:
         pred = potential.predict({"params": params, "normalization": normalization}, batch, compute_stress)
