@@ -36,25 +36,34 @@ class Frames:
     source: str = ""
 
     def __post_init__(self) -> None:
+        """Normalise dtypes and check that shapes agree (not physics: :func:`read_frames` does that)."""
         m = len(self.positions)
-        self.positions = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in self.positions]
+        where = f"{self.source}: " if self.source else ""
+        self.positions = [np.asarray(p, dtype=np.float64) for p in self.positions]
         self.numbers = [np.asarray(z, dtype=np.int64).reshape(-1) for z in self.numbers]
-        self.cell = np.asarray(self.cell, dtype=np.float64).reshape(m, 3, 3)
-        self.pbc = np.asarray(self.pbc, dtype=bool).reshape(m, 3)
-        if self.energy is not None:
-            self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
         if self.forces is not None:
             self.forces = [np.asarray(f, dtype=np.float64) for f in self.forces]
+        if self.energy is not None:
+            self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
+        for name, value, shape in (
+            ("cell", self.cell, (3, 3)),
+            ("pbc", self.pbc, (3,)),
+            ("stress", self.stress, (3, 3)),
+        ):
+            if value is not None and np.size(value) != m * int(np.prod(shape)):
+                raise ValueError(f"{where}{m} frames but {name} has shape {np.shape(value)}, expected {(m, *shape)}")
+        self.cell = np.asarray(self.cell, dtype=np.float64).reshape(m, 3, 3)
+        self.pbc = np.asarray(self.pbc, dtype=bool).reshape(m, 3)
         if self.stress is not None:
             self.stress = np.asarray(self.stress, dtype=np.float64).reshape(m, 3, 3)
-        where = f"{self.source}: " if self.source else ""
-        if len(self.numbers) != m:
-            raise ValueError(f"{where}{m} positions but {len(self.numbers)} atomic-number arrays")
-        for name, value in (("energy", self.energy), ("forces", self.forces)):
+        for name, value in (("atomic-number", self.numbers), ("energy", self.energy), ("forces", self.forces)):
             if value is not None and len(value) != m:
                 raise ValueError(f"{where}{m} frames but {len(value)} {name} entries")
         for i in range(m):
-            n = len(self.positions[i])
+            p = self.positions[i]
+            if p.ndim != 2 or p.shape[1] != 3:
+                raise ValueError(f"{where}frame {i}: positions have shape {p.shape}, expected (n_atoms, 3)")
+            n = len(p)
             if len(self.numbers[i]) != n:
                 raise ValueError(f"{where}frame {i}: {n} positions but {len(self.numbers[i])} atomic numbers")
             if self.forces is not None and self.forces[i].shape != (n, 3):
@@ -91,6 +100,40 @@ class Frames:
             pbc=self.pbc[idx].copy(),
             stress=None if self.stress is None else self.stress[idx].copy(),
             source=self.source,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Frames], source: str | None = None) -> Frames:
+        """All frames of ``parts``, in order, as one Frames.
+
+        A label (energy, forces, stress) is kept if every part has it; a part without a label
+        that another part has is an error (silently dropping labels would change the training
+        target). ``source`` defaults to the parts' sources joined with " + ".
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("concatenate needs at least one Frames")
+        if source is None:
+            source = " + ".join(dict.fromkeys(p.source for p in parts if p.source))
+        kept: dict[str, bool] = {}
+        for key in ("energy", "forces", "stress"):
+            have = [getattr(p, key) is not None for p in parts]
+            if any(have) and not all(have):
+                k = have.index(False)
+                raise ValueError(
+                    f"cannot concatenate: part {k} ({parts[k].source or 'no source'}) has no {key} "
+                    f"but part {have.index(True)} ({parts[have.index(True)].source or 'no source'}) has"
+                )
+            kept[key] = all(have)
+        return cls(
+            positions=[x for p in parts for x in p.positions],
+            numbers=[x for p in parts for x in p.numbers],
+            energy=np.concatenate([p.energy for p in parts]) if kept["energy"] else None,
+            forces=[x for p in parts for x in p.forces] if kept["forces"] else None,
+            cell=np.concatenate([p.cell for p in parts]),
+            pbc=np.concatenate([p.pbc for p in parts]),
+            stress=np.concatenate([p.stress for p in parts]) if kept["stress"] else None,
+            source=source,
         )
 
     def to_atoms(self, i: int) -> Atoms:

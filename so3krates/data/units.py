@@ -1,10 +1,20 @@
-"""Energy and length units of data files, converted once on load to eV and Å (factors from ``ase.units``)."""
+"""Energy and length units of data files; everything is converted once, on load, to eV and Å.
+
+Factors come from ``ase.units`` (CODATA 2014 in ase 3.29), so numbers agree with ASE-based tools.
+``*_factor`` functions give the factor that turns a value *in the named unit* into eV / Å / eV/Å /
+eV/Å³ (multiply); ``*_from_ev`` / ``length_from_angstrom`` go back, for reporting errors and
+predictions in the unit the user's data came in.
+
+Names are matched case-insensitively ("ev", "KCAL/MOL", "bohr" all work); ``Å`` may also be written
+``A``, ``Angstrom`` or ``Ang``, and ``Hartree`` as ``Ha``.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 from ase import units
 
-#: energy unit name → factor that turns a value in that unit into eV
+#: canonical energy unit name → factor that turns a value in that unit into eV
 ENERGY_UNITS: dict[str, float] = {
     "eV": 1.0,
     "kcal/mol": units.kcal / units.mol,
@@ -12,35 +22,100 @@ ENERGY_UNITS: dict[str, float] = {
     "Hartree": units.Hartree,
 }
 
-#: length unit name → factor that turns a value in that unit into Å
+#: canonical length unit name → factor that turns a value in that unit into Å
 LENGTH_UNITS: dict[str, float] = {
     "Å": 1.0,
-    "A": 1.0,
-    "Angstrom": 1.0,
-    "Ang": 1.0,
     "Bohr": units.Bohr,
 }
+
+# other spellings (lower case) → canonical name; "A" is the usual ASCII stand-in for Å
+_ENERGY_ALIASES = {name.lower(): name for name in ENERGY_UNITS} | {"ha": "Hartree"}
+_LENGTH_ALIASES = {name.lower(): name for name in LENGTH_UNITS} | {
+    "a": "Å",
+    "angstrom": "Å",
+    "ang": "Å",
+    "ångström": "Å",
+}
+
+#: every accepted spelling, for messages and CLI help
+ENERGY_UNIT_NAMES: tuple[str, ...] = ("eV", "kcal/mol", "kJ/mol", "Hartree", "Ha")
+LENGTH_UNIT_NAMES: tuple[str, ...] = ("Å", "A", "Angstrom", "Ang", "Bohr")
+
+
+def _canonical(unit: object, aliases: dict[str, str], allowed: tuple[str, ...], kind: str) -> str:
+    if isinstance(unit, str):
+        name = aliases.get(unit.strip().lower())
+        if name is not None:
+            return name
+    raise ValueError(f"unknown {kind} unit {unit!r}; allowed: {', '.join(allowed)} (case does not matter)")
+
+
+def energy_unit_name(unit: str) -> str:
+    """Canonical spelling of an energy unit ("kcal/mol", "eV", ...), e.g. for labels in reports.
+
+    Raises:
+        ValueError: unknown unit; the message lists the allowed names.
+    """
+    return _canonical(unit, _ENERGY_ALIASES, ENERGY_UNIT_NAMES, "energy")
+
+
+def length_unit_name(unit: str) -> str:
+    """Canonical spelling of a length unit ("Å" or "Bohr").
+
+    Raises:
+        ValueError: unknown unit; the message lists the allowed names.
+    """
+    return _canonical(unit, _LENGTH_ALIASES, LENGTH_UNIT_NAMES, "length")
 
 
 def energy_factor(unit: str) -> float:
     """Factor that converts an energy in ``unit`` to eV (multiply).
 
     Raises:
-        ValueError: ``unit`` is not one of ``ENERGY_UNITS`` (the message lists them).
+        ValueError: unknown unit; the message lists the allowed names.
     """
-    try:
-        return float(ENERGY_UNITS[unit])
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown energy unit {unit!r}; allowed: {', '.join(ENERGY_UNITS)}") from None
+    return float(ENERGY_UNITS[energy_unit_name(unit)])
 
 
 def length_factor(unit: str) -> float:
     """Factor that converts a length in ``unit`` to Å (multiply).
 
     Raises:
-        ValueError: ``unit`` is not one of ``LENGTH_UNITS`` (the message lists them).
+        ValueError: unknown unit; the message lists the allowed names.
     """
-    try:
-        return float(LENGTH_UNITS[unit])
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown length unit {unit!r}; allowed: {', '.join(LENGTH_UNITS)}") from None
+    return float(LENGTH_UNITS[length_unit_name(unit)])
+
+
+def force_factor(energy_unit: str, length_unit: str) -> float:
+    """Factor that converts a force in energy_unit/length_unit to eV/Å (multiply)."""
+    return energy_factor(energy_unit) / length_factor(length_unit)
+
+
+def stress_factor(energy_unit: str, length_unit: str) -> float:
+    """Factor that converts a stress in energy_unit/length_unit³ to eV/Å³ (multiply)."""
+    return energy_factor(energy_unit) / length_factor(length_unit) ** 3
+
+
+def energy_from_ev(value: float | np.ndarray, unit: str) -> float | np.ndarray:
+    """Energies (any shape) given in eV, expressed in ``unit`` (the inverse of :func:`energy_factor`)."""
+    return value / energy_factor(unit)
+
+
+def length_from_angstrom(value: float | np.ndarray, unit: str) -> float | np.ndarray:
+    """Lengths (any shape) given in Å, expressed in ``unit``."""
+    return value / length_factor(unit)
+
+
+def forces_from_ev(value: float | np.ndarray, energy_unit: str, length_unit: str) -> float | np.ndarray:
+    """Forces (any shape, e.g. (n, 3)) given in eV/Å, expressed in energy_unit/length_unit."""
+    return value / force_factor(energy_unit, length_unit)
+
+
+def stress_from_ev(value: float | np.ndarray, energy_unit: str, length_unit: str) -> float | np.ndarray:
+    """Stresses (any shape, e.g. (3, 3)) given in eV/Å³, expressed in energy_unit/length_unit³."""
+    return value / stress_factor(energy_unit, length_unit)
+
+
+def force_unit_label(energy_unit: str, length_unit: str) -> str:
+    """Printable force unit, e.g. ``"kcal/mol/Å"`` or ``"Hartree/Bohr"``."""
+    return f"{energy_unit_name(energy_unit)}/{length_unit_name(length_unit)}"
