@@ -1,0 +1,208 @@
+"""Starting structures for reference data: molecules from SMILES, [n]cumulenes and their rotor torsion.
+
+Cumulene SCF settings (GFN2-xTB, tblite 0.8)
+--------------------------------------------
+Twisting one CH2 rotor of a cumulene H2C=(C=)CH2 breaks a terminal π bond and makes the frontier
+orbitals near-degenerate half way, so the SCF could struggle there. Tried (restricted closed-shell
+GFN2-xTB, charge 0, ideal :func:`cumulene` geometries, tblite defaults: electronic temperature 300 K,
+at most 250 iterations, broyden mixing, SAD guess):
+
+- fresh calculator per angle, 0..180° every 10° plus 80, 85, 88, 89, 90, 91, 92, 95, 100°, C3..C9:
+  every point converged (about 0.2 s (C3) to 0.6 s (C9) for the 26 angles).
+- one calculator reused along the scan (restart guess from the previous angle, as ``label`` and
+  ``so3krates generate --torsion-scan`` do), 0..180° every 2.5° plus 89.5, 89.9, 90.1, 90.5°, C3..C9:
+  all converged; the same grid with ``noise=0.05`` Å and 4 samples per angle (308 frames per chain):
+  all converged.
+
+So the defaults, 300 K and 250 iterations (``CUMULENE_ELECTRONIC_TEMPERATURE``,
+``CUMULENE_MAX_ITERATIONS``), are kept: no extra smearing is needed, and the labels stay consistent
+with the other datasets. Raise ``--electronic-temperature`` only if a distorted geometry fails.
+
+Odd/even preference (GFN2-xTB, E(90°) - E(0°)): C3 -2.36, C4 +1.97, C5 -1.45, C6 +1.31, C7 -1.04,
+C8 +0.97, C9 -0.80 eV. Odd carbon counts (an even number of C=C bonds: allene, [5]cumulene, ...)
+prefer perpendicular CH2 planes, even counts (butatriene, ...) planar ones, as in the textbook
+π-orbital picture; the barrier shrinks with chain length. E(180°) = E(0°) to 1e-4 eV (symmetry).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+__all__ = [
+    "from_smiles",
+    "cumulene",
+    "rotor_torsion",
+    "set_rotor_torsion",
+    "torsion_scan",
+    "CC_BOND",
+    "CH_BOND",
+    "HCH_ANGLE",
+    "CUMULENE_ELECTRONIC_TEMPERATURE",
+    "CUMULENE_MAX_ITERATIONS",
+]
+
+CC_BOND = 1.31  # Å, cumulenic C=C
+CH_BOND = 1.09  # Å
+HCH_ANGLE = 117.0  # degrees
+MIN_CARBONS, MAX_CARBONS = 3, 9
+# tblite settings that converge at every torsion 0..180° for C3..C9 (see the module docstring).
+CUMULENE_ELECTRONIC_TEMPERATURE = 300.0
+CUMULENE_MAX_ITERATIONS = 250
+
+
+def from_smiles(smiles: str, seed: int = 0) -> Atoms:
+    """3D structure from a SMILES string: RDKit ETKDG embedding with hydrogens added, MMFF94 relaxed.
+
+    Args:
+        smiles: SMILES string (implicit hydrogens are made explicit).
+        seed: random seed of the embedding (same seed, same structure).
+    Returns:
+        A molecule (no cell, no pbc) centred at the origin.
+    Raises:
+        ImportError: RDKit is not installed (``pip install so3krates[smiles]``).
+        ValueError: the SMILES does not parse or cannot be embedded in 3D.
+    """
+    try:
+        from rdkit import Chem, RDLogger
+        from rdkit.Chem import AllChem
+    except ImportError as err:
+        raise ImportError(
+            "structures from SMILES need RDKit: pip install so3krates[smiles] (or pip install rdkit)"
+        ) from err
+    RDLogger.DisableLog("rdApp.*")  # the parser's own complaints go to stderr otherwise
+    mol = Chem.MolFromSmiles(str(smiles)) if str(smiles).strip() else None
+    if mol is None:
+        raise ValueError(f"cannot parse SMILES {smiles!r}")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = int(seed)
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        params.useRandomCoords = True
+        if AllChem.EmbedMolecule(mol, params) != 0:
+            raise ValueError(f"cannot embed SMILES {smiles!r} in 3D (RDKit ETKDG failed)")
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        AllChem.MMFFOptimizeMolecule(mol, maxIters=2000)
+    else:  # elements MMFF94 does not know: fall back to UFF
+        AllChem.UFFOptimizeMolecule(mol, maxIters=2000)
+    conf = mol.GetConformer()
+    positions = np.array(conf.GetPositions(), dtype=np.float64)
+    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    atoms = Atoms(numbers=numbers, positions=positions - positions.mean(axis=0))
+    atoms.info["smiles"] = str(smiles)
+    return atoms
+
+
+def cumulene(n_carbons: int, torsion_deg: float = 0.0) -> Atoms:
+    """[n]cumulene H2C=(C=)_{n-2}CH2 along z, centred at the origin.
+
+    Atom order: carbons 0..n-1 (increasing z), then the two H of the first CH2, then the two H of the
+    last CH2. C=C = 1.31 Å, C–H = 1.09 Å, H–C–H = 117°. At ``torsion_deg = 0`` both CH2 planes are
+    the xz plane.
+
+    Args:
+        n_carbons: chain length, 3 (allene) .. 9.
+        torsion_deg: angle between the two H–C–H planes (see :func:`set_rotor_torsion`).
+    """
+    if int(n_carbons) != n_carbons or not MIN_CARBONS <= n_carbons <= MAX_CARBONS:
+        raise ValueError(f"cumulene needs {MIN_CARBONS}..{MAX_CARBONS} carbons, got {n_carbons}")
+    n = int(n_carbons)
+    z = (np.arange(n) - (n - 1) / 2.0) * CC_BOND
+    carbons = np.stack([np.zeros(n), np.zeros(n), z], axis=1)
+    half = np.radians(HCH_ANGLE / 2.0)
+    hydrogens = []
+    for end, outward in ((0, -1.0), (n - 1, 1.0)):
+        for side in (1.0, -1.0):
+            hydrogens.append(carbons[end] + CH_BOND * np.array([side * np.sin(half), 0.0, outward * np.cos(half)]))
+    atoms = Atoms(f"C{n}H4", positions=np.vstack([carbons, np.array(hydrogens)]))
+    atoms.info["n_carbons"] = n
+    if torsion_deg:
+        set_rotor_torsion(atoms, torsion_deg)
+    return atoms
+
+
+def _layout(atoms: Atoms) -> int:
+    """Number of carbons, after checking the :func:`cumulene` atom order."""
+    symbols = atoms.get_chemical_symbols()
+    n = symbols.count("C")
+    if n < 2 or symbols != ["C"] * n + ["H"] * 4:
+        raise ValueError("expected a cumulene in the order of so3krates.reference.structures.cumulene: C...C H H H H")
+    return n
+
+
+def _plane_direction(atoms: Atoms, h_pair: tuple[int, int], axis: np.ndarray) -> np.ndarray:
+    d = atoms.positions[h_pair[0]] - atoms.positions[h_pair[1]]
+    d = d - np.dot(d, axis) * axis
+    return d / np.linalg.norm(d)
+
+
+def rotor_torsion(atoms: Atoms) -> float:
+    """Signed angle (degrees, -180..180) from the first CH2 plane to the last one, about the chain axis."""
+    n = _layout(atoms)
+    axis = atoms.positions[n - 1] - atoms.positions[0]
+    axis /= np.linalg.norm(axis)
+    a = _plane_direction(atoms, (n, n + 1), axis)
+    b = _plane_direction(atoms, (n + 2, n + 3), axis)
+    return float(np.degrees(np.arctan2(np.dot(np.cross(a, b), axis), np.dot(a, b))))
+
+
+def set_rotor_torsion(atoms: Atoms, angle_deg: float) -> Atoms:
+    """Set the rotor torsion in place: rigidly rotate the last CH2's hydrogens about the chain axis.
+
+    The axis runs through the two terminal carbons; the carbons and the first CH2 do not move.
+    Returns ``atoms`` for chaining.
+    """
+    n = _layout(atoms)
+    origin = atoms.positions[n - 1].copy()
+    axis = origin - atoms.positions[0]
+    axis /= np.linalg.norm(axis)
+    theta = np.radians(float(angle_deg) - rotor_torsion(atoms))
+    # Rodrigues rotation of the two hydrogens of the last CH2 about the axis through the last carbon.
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * (k @ k)
+    pos = atoms.positions.copy()
+    pos[n + 2 : n + 4] = (pos[n + 2 : n + 4] - origin) @ rot.T + origin
+    atoms.positions = pos
+    atoms.info["torsion_deg"] = float(angle_deg)
+    return atoms
+
+
+def torsion_scan(
+    n_carbons: int,
+    angles_deg: list[float] | np.ndarray,
+    noise: float = 0.0,
+    samples_per_angle: int = 1,
+    seed: int = 0,
+) -> list[Atoms]:
+    """Unlabelled cumulene structures over a grid of rotor torsions (label them with ``reference.xtb.label``).
+
+    Args:
+        n_carbons: chain length 3..9.
+        angles_deg: torsions to visit, degrees.
+        noise: standard deviation (Å) of Gaussian displacements added to every atom after setting the
+            torsion (0: exact ideal geometries).
+        samples_per_angle: structures per angle (with noise > 0 each is displaced differently).
+        seed: seeds the displacements.
+    Returns:
+        ``len(angles_deg) * samples_per_angle`` structures, angle-major, each with
+        ``info["torsion_deg"]`` (the nominal angle) and ``info["n_carbons"]``.
+    """
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0 Å, got {noise}")
+    if samples_per_angle < 1:
+        raise ValueError(f"samples_per_angle must be >= 1, got {samples_per_angle}")
+    angles = [float(a) for a in np.atleast_1d(np.asarray(angles_deg, dtype=float))]
+    if not angles:
+        raise ValueError("torsion scan needs at least one angle")
+    rng = np.random.default_rng(seed)
+    base = cumulene(n_carbons)
+    out = []
+    for angle in angles:
+        for _ in range(samples_per_angle):
+            atoms = set_rotor_torsion(base.copy(), angle)
+            if noise > 0:
+                atoms.positions = atoms.positions + rng.normal(scale=noise, size=atoms.positions.shape)
+            atoms.info["torsion_deg"] = angle
+            atoms.info["n_carbons"] = int(n_carbons)
+            out.append(atoms)
+    return out
