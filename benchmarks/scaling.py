@@ -6,7 +6,8 @@ which all share the same CPU cores: expect no speed-up there, only the overhead 
 On a machine with D accelerators the same script measures the real scaling (``--no-force-host``).
 
 Protocol: bundled ethanol data (first ``--frames`` frames, eV and Å), global batch ``--batch-size``
-split evenly over the devices, float32, eq. 35 loss on energies and forces (β = 0.99), clipped Adam;
+split evenly over the devices, float32, degrees (1, 2), 2 heads, eq. 35 loss on energies and forces
+(β = 0.99), clipped Adam;
 the first step (compilation) is timed apart, then ``--steps`` steps are timed (median over the steps,
 each ending with ``block_until_ready``).
 
@@ -45,7 +46,7 @@ def child(args: argparse.Namespace) -> dict:
 
     d = args.child
     frames = read_frames(datasets.path("ethanol"), index=f":{args.frames}")
-    config = ModelConfig(features=args.features, num_layers=args.layers, degrees=(1, 2, 3), num_heads=4, r_cut=5.0)
+    config = ModelConfig(features=args.features, num_layers=args.layers, degrees=(1, 2), num_heads=2, r_cut=5.0)
     graphs = build_graphs(frames, range(len(frames)), config.r_cut)
     potential = Potential(config)
     variables = jax.jit(potential.init)(jax.random.PRNGKey(0), collate(graphs[: args.batch_size]))
