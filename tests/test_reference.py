@@ -231,3 +231,24 @@ def test_bad_smiles(tmp_path, capsys):
         == 2
     )
     assert "cannot parse SMILES" in capsys.readouterr().err
+
+
+def test_killed_run_keeps_written_frames(tmp_path, monkeypatch):
+    import so3krates.reference.sampling as sampling
+
+    real, calls = sampling._snapshot, []
+
+    def snapshot_then_die(atoms):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stands in for a killed run
+        return real(atoms)
+
+    monkeypatch.setattr(sampling, "_snapshot", snapshot_then_die)
+    start, out = tmp_path / "water.xyz", tmp_path / "partial.extxyz"
+    write(start, water())
+    argv = ["generate", "--structure", str(start), "--temperature", "300", "--frames", "10", "--stride", "1"]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--equilibration", "0", "--no-progress", "--out", str(out)])
+    frames = read_frames(out, require_energy=True, require_forces=True)
+    assert len(frames.positions) == 2

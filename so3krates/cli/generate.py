@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import shutil
 import sys
 import time
@@ -162,7 +163,16 @@ def _read(path: str, index: str | int) -> list[Atoms]:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such structure file")
     try:
-        frames = read(p, index=index)
+        if p.suffix == ".gz":
+            # ASE's extxyz reader seeks backwards once per frame, which re-decompresses a gzip stream
+            # from the start (quadratic time): decompress into memory first.
+            from ase.io.formats import filetype
+
+            fmt = filetype(str(p.with_suffix("")), read=False)
+            with gzip.open(p, "rt") as f:
+                frames = read(io.StringIO(f.read()), index=index, format=fmt)
+        else:
+            frames = read(p, index=index)
     except Exception as err:  # ASE raises many kinds for unreadable files
         raise ValueError(f"{p}: cannot read structures ({type(err).__name__}: {err})") from err
     frames = frames if isinstance(frames, list) else [frames]

@@ -109,8 +109,9 @@ def sample_md(
     # correcting the temperature for the lost degrees of freedom, and small molecules run visibly
     # hotter than the target. Stationary() above removes the initial drift; the thermostat noise
     # only lets the centre of mass diffuse slowly, which does not matter for the labels.
-    dyn = Langevin(work, timestep_fs * units.fs, temperature_K=temperature, friction=friction / units.fs,
-                   fixcm=False, rng=rng)
+    dyn = Langevin(
+        work, timestep_fs * units.fs, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
+    )
 
     total = equilibration_steps + n_frames * stride
     bar = tqdm(total=total, unit="step", desc="xTB MD", disable=not progress, dynamic_ncols=True)
