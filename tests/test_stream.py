@@ -142,3 +142,16 @@ def test_prepare_command_end_to_end(tmp_path, capsys):
     _assert_same(data.to_frames(), reference)
     np.testing.assert_allclose(data.to_frames().positions[0], frames.positions[0], atol=1e-6)
     assert main(["prepare", "--data", str(tmp_path / "a.extxyz"), "--out", str(out), "--no-progress"]) == 2
+
+
+def test_the_training_data_helpers_accept_a_stream(tmp_path):
+    from so3krates.train.data import build_graphs, elements_of
+
+    frames = _frames(5)
+    data = StreamDataset(write_stream(frames, tmp_path / "s", progress=False))
+    assert elements_of(data, [0, 3]) == elements_of(frames, [0, 3])
+    for a, b in zip(build_graphs(data, [4, 1], 2.0), build_graphs(frames, [4, 1], 2.0), strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.edge_j, b.edge_j)
+        np.testing.assert_array_equal(a.forces, b.forces)
+        assert a.energy == b.energy
