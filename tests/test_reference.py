@@ -252,3 +252,15 @@ def test_killed_run_keeps_written_frames(tmp_path, monkeypatch):
         main([*argv, "--equilibration", "0", "--no-progress", "--out", str(out)])
     frames = read_frames(out, require_energy=True, require_forces=True)
     assert len(frames.positions) == 2
+
+
+def test_smiles_without_rdkit_explains_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for mod in ("rdkit", "rdkit.Chem", "rdkit.Chem.AllChem"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import fails as if RDKit were not installed
+    with pytest.raises(ImportError, match=r"pip install so3krates\[smiles\]"):
+        from_smiles("CCO")
+    argv = ["generate", "--smiles", "CCO", "--temperature", "300", "--frames", "1", "--out", str(tmp_path / "x.xyz")]
+    assert main(argv) == 2
+    assert "so3krates[smiles]" in capsys.readouterr().err
