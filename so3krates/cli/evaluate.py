@@ -1,0 +1,68 @@
+"""Error figures of a trained model on labelled data.
+
+Prints energy MAE/RMSE (total and per atom), force MAE/RMSE per component and the per-structure averaged
+MAE (the paper's Table 4) in the units the model was trained in (or ``--energy-unit``/``--length-unit``),
+and writes metrics.json, predictions.npz and parity.png to ``--out`` (default
+RUN_DIR/evaluation_<split>).
+
+With the training file (the default ``--data``), ``--split test`` (the default) evaluates exactly the
+held-out frames saved in the run's split.npz. Data with elements the model never saw is refused.
+
+Example::
+
+    so3krates evaluate --model runs/ethanol --split test
+    so3krates evaluate --model runs/ethanol --data other_ethanol.xyz --energy-unit kcal/mol
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
+from so3krates.train.evaluate import SPLITS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="run directory written by so3krates train")
+    parser.add_argument("--data", help="labelled data file (default: the file the model was trained on)")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="frames of the training file to evaluate: its saved test/valid/train split, "
+        "or all (default: test for the training file, all for any other file)",
+    )
+    parser.add_argument("--out", help="output directory (default: RUN_DIR/evaluation_<split or file name>)")
+    parser.add_argument(
+        "--energy-unit", help=f"energy unit of --data: {', '.join(ENERGY_UNIT_NAMES)} (default: the training units)"
+    )
+    parser.add_argument(
+        "--length-unit", help=f"length unit of --data: {', '.join(LENGTH_UNIT_NAMES)} (default: the training units)"
+    )
+    parser.add_argument("--energy-key", help="name of the energy label in --data (default: as in training)")
+    parser.add_argument("--forces-key", help="name of the forces label in --data (default: as in training)")
+    parser.add_argument("--stress-key", help="name of the stress label in --data (default: as in training)")
+    parser.add_argument("--batch-size", type=int, default=16, help="structures per evaluation batch (default 16)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the parity plot")
+
+
+def run(args: argparse.Namespace) -> int:
+    from so3krates.train.evaluate import evaluate_model, format_table
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    result = evaluate_model(
+        args.model,
+        data=args.data,
+        split=args.split,
+        out_dir=args.out,
+        energy_unit=args.energy_unit,
+        length_unit=args.length_unit,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        stress_key=args.stress_key,
+        batch_size=args.batch_size,
+        plot=not args.no_plot,
+    )
+    print(format_table(result.metrics))
+    print(f"metrics, predictions and parity plot written to {result.out_dir}")
+    return 0

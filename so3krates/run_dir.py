@@ -1,0 +1,303 @@
+"""The self-describing model directory written by ``so3krates train`` and read by everything else.
+
+Layout (format version 1)::
+
+    RUN_DIR/
+      config.yaml        resolved training configuration; its ``model`` section is the ModelConfig
+      model.safetensors  weights: params and normalisation, flattened with '/'-joined keys (no pickle)
+      metadata.json      format_version, elements, units, energy constant, versions, data source, split
+      split.npz          train / valid / test frame indices into the training file
+
+The model always predicts eV and Å (ASE units) whatever units the user trained in; ``metadata.json``
+records the user's units so that evaluation can report errors in them.
+
+Every file is written to a temporary name in the same directory and moved into place with
+``os.replace`` (atomic on POSIX), so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "metadata.json"
+SPLIT_FILE = "split.npz"
+
+
+# -- atomic writes ------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file beside it, then os.replace.
+
+    If ``write`` raises (or the process dies) the previous content of ``path`` is untouched; the
+    temporary file is removed on an exception.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically replace ``path`` by ``data``."""
+    atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically replace ``path`` by ``text`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# -- weights ------------------------------------------------------------------------------------------
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", to_numpy: bool = True) -> dict[str, Any]:
+    """Nested dict of arrays → flat dict with '/'-joined keys, e.g. ``params/layer_0/.../kernel``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "/", to_numpy))
+        else:
+            flat[name] = (
+                np.array(value, order="C", copy=True) if to_numpy else value
+            )  # keeps 0-d (ascontiguousarray would not)
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten`."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def weights_to_bytes(variables: Mapping[str, Any]) -> bytes:
+    """``{"params", "normalization"}`` as safetensors bytes."""
+    from safetensors.numpy import save
+
+    return save(flatten(variables), metadata={"format": "so3krates", "format_version": str(FORMAT_VERSION)})
+
+
+# -- save ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays and tuples → plain JSON types (metadata is written by humans' tools too)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_weights(directory: str | Path, variables: Mapping[str, Any]) -> None:
+    """Atomically (re)write ``model.safetensors`` only (the training loop's best-model updates)."""
+    atomic_write_bytes(Path(directory) / WEIGHTS_FILE, weights_to_bytes(variables))
+
+
+def save_model(
+    directory: str | Path,
+    config: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    split: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Write a model directory: config.yaml, model.safetensors, metadata.json (and split.npz).
+
+    Args:
+        directory: created if needed; other files in it (metrics, checkpoints) are left alone.
+        config: the resolved training configuration; ``config["model"]`` is ``ModelConfig.to_dict()``.
+        variables: ``{"params": ..., "normalization": {"scale", "shift", "energy_offset"}}``.
+        metadata: elements, units, energy constant, data source, …; ``format_version`` and the
+            so3krates version are added here.
+        split: optional ``{"train", "valid", "test"}`` index arrays, written as split.npz.
+    Returns:
+        The directory.
+    """
+    from so3krates import __version__
+
+    if "model" not in config:
+        raise ValueError("save_model: config has no 'model' section (the ModelConfig as a dict)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "so3krates_version": __version__, **_jsonable(dict(metadata))}
+    meta["format_version"] = FORMAT_VERSION
+    # Weights first: a crash after it leaves the old metadata next to new weights of the same config.
+    save_weights(directory, variables)
+    if split is not None:
+        save_split_file(directory / SPLIT_FILE, split)
+        meta.setdefault("split_file", SPLIT_FILE)
+    config_text = yaml.safe_dump(_jsonable(dict(config)), sort_keys=False, allow_unicode=True)
+    atomic_write_text(directory / CONFIG_FILE, config_text)
+    atomic_write_text(directory / METADATA_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return directory
+
+
+def save_split_file(path: str | Path, split: Mapping[str, np.ndarray]) -> None:
+    """Atomically write a split ({"train", "valid", "test"} → index array) as npz (the data layer's format)."""
+    from so3krates.data import save_split
+
+    save_split(path, dict(split))
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model directory {path.parent} has no {path.name} (not a complete so3krates model directory?)"
+        )
+    return path
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """``metadata.json`` of a model directory, with its format version checked."""
+    path = _require(Path(directory) / METADATA_FILE)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupted (not valid JSON: {err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is corrupted (expected a JSON object)")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ValueError(f"{path} has no integer 'format_version': not a so3krates model directory")
+    if version > FORMAT_VERSION:
+        from so3krates import __version__
+
+        raise ValueError(
+            f"{path}: model format version {version} is newer than this so3krates ({__version__}) can read "
+            f"(up to {FORMAT_VERSION}); upgrade so3krates to load it"
+        )
+    if version < 1:
+        # Version 1 is the first released format: nothing older exists to migrate from.
+        raise ValueError(f"{path}: model format version {version} is not supported (this so3krates reads 1)")
+    return meta
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """``config.yaml`` of a model directory as a dict (with a ``model`` section)."""
+    path = _require(Path(directory) / CONFIG_FILE)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupted (not valid YAML: {err})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise ValueError(f"{path} is corrupted or incomplete: it has no 'model' section")
+    return config
+
+
+def read_weights(directory: str | Path) -> dict[str, Any]:
+    """``model.safetensors`` as nested numpy arrays ``{"params": ..., "normalization": ...}``."""
+    from safetensors.numpy import load
+
+    path = _require(Path(directory) / WEIGHTS_FILE)
+    try:
+        flat = load(path.read_bytes())
+    except Exception as err:  # safetensors raises its own error types for truncated/garbled headers
+        raise ValueError(f"{path} is corrupted (not a readable safetensors file: {err})") from None
+    return unflatten(flat)
+
+
+def read_split(directory: str | Path) -> dict[str, np.ndarray]:
+    """``split.npz`` as a dict of index arrays."""
+    from so3krates.data import load_split
+
+    path = _require(Path(directory) / SPLIT_FILE)
+    try:
+        return load_split(path)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as err:  # e.g. zipfile.BadZipFile for a truncated file
+        raise ValueError(f"{path} is corrupted ({err})") from None
+
+
+def _check_weights(loaded: dict[str, Any], expected: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Compare loaded arrays with the shapes the config implies; cast to the expected dtype."""
+    got, want = flatten(loaded), flatten(expected, to_numpy=False)
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(
+            f"{path} does not match config.yaml: "
+            + (f"missing {missing[:3]}{' …' if len(missing) > 3 else ''}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"unexpected {extra[:3]}{' …' if len(extra) > 3 else ''}" if extra else "")
+        )
+    out = {}
+    for name, spec in want.items():
+        value = got[name]
+        if tuple(value.shape) != tuple(spec.shape):
+            raise ValueError(f"{path}: {name} has shape {value.shape}, config.yaml implies {tuple(spec.shape)}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{path}: {name} contains NaN or infinite values (a diverged run?)")
+        out[name] = np.asarray(value, dtype=spec.dtype)
+    return unflatten(out)
+
+
+def load_model(directory: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load a model directory: ``(Potential, variables, metadata)``.
+
+    Raises:
+        FileNotFoundError: the directory or one of its files is missing (the file is named).
+        ValueError: a file is corrupted, the weights do not match the config, or the format version
+            is unknown or newer than this so3krates reads.
+    """
+    import jax
+
+    from so3krates.graph import collate, make_graph
+    from so3krates.model.config import ModelConfig
+    from so3krates.potential import Potential
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    metadata = read_metadata(directory)
+    config = read_config(directory)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{directory / CONFIG_FILE}: invalid model section: {err}") from None
+    loaded = read_weights(directory)
+    if model_config.dtype == "float64" and not jax.config.jax_enable_x64:
+        # The model was trained in float64; running it in float32 would silently change its numbers.
+        jax.config.update("jax_enable_x64", True)
+    potential = Potential(model_config)
+    example = collate([make_graph(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), np.array([1, 1]), model_config.r_cut)])
+    # Shapes only: eval_shape traces init without running or compiling it.
+    expected = jax.eval_shape(potential.init, jax.random.PRNGKey(0), example)
+    variables = _check_weights(loaded, expected, directory / WEIGHTS_FILE)
+    variables = jax.tree_util.tree_map(jax.numpy.asarray, variables)
+    return potential, variables, metadata

@@ -1,0 +1,303 @@
+"""Error figures of a trained model on labelled data: metrics JSON, predictions npz, parity plot.
+
+Used by ``so3krates evaluate`` and the benchmarks. When the data file is the one the model was trained
+on (recognised by its SHA-256 recorded in ``metadata.json``), ``split="test"`` evaluates exactly the
+held-out frames saved in ``split.npz``; other files are evaluated whole (``split="all"``).
+
+All figures are in the user's units (by default those the model was trained in): energy MAE/RMSE
+(total and per atom), force MAE/RMSE per Cartesian component, stress if labelled, and the
+per-structure averaged MAE of the paper's Table 4 (the mean over chemical formulas of each formula's MAE).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from so3krates import run_dir as rd
+from so3krates.data import Frames
+from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
+from so3krates.train.data import build_graphs, default_dataset_path, file_sha256, load_frames
+from so3krates.train.loss import LossScales
+from so3krates.train.metrics import error_metrics, max_pad_sizes, predict_graphs
+
+SPLITS = ("test", "valid", "train", "all")
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate_model`.
+
+    Attributes:
+        metrics: the error figures (see :func:`~so3krates.train.metrics.error_metrics`) plus context.
+        indices: frame indices of the evaluated structures in the data file.
+        out_dir: where metrics.json, predictions.npz and parity.png went (None: not written).
+    """
+
+    metrics: dict[str, Any]
+    indices: np.ndarray
+    out_dir: Path | None
+
+
+def check_known_elements(frames: Frames, indices: np.ndarray, elements: list[int] | None) -> None:
+    """Refuse structures with elements the model never saw: its predictions for them are meaningless."""
+    if not elements:
+        return
+    known = set(int(z) for z in elements)
+    for i in indices:
+        unknown = sorted(set(int(z) for z in np.unique(frames.numbers[int(i)])) - known)
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            raise ValueError(
+                f"{frames.source}: frame {int(i)} contains element(s) {names} that the model was never trained on "
+                f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})"
+            )
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    out_dir: str | Path | None = None,
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+    batch_size: int = 16,
+    plot: bool = True,
+    write: bool = True,
+) -> Evaluation:
+    """Evaluate the model in ``model_dir`` on ``data`` (default: its training file).
+
+    Args:
+        model_dir: a run directory written by ``so3krates train``.
+        data: labelled data file; None: the file the model was trained on.
+        split: "test", "valid", "train" (saved split of the training file) or "all"; None: "test" for
+            the training file, "all" otherwise.
+        out_dir: where to write results; None: ``<model_dir>/evaluation_<split>`` (or ``_<file name>``).
+        energy_unit, length_unit, energy_key, forces_key, stress_key: how to read ``data``; None: as
+            in training.
+        batch_size: structures per evaluation batch.
+        plot: write the parity plot.  write: write any file at all.
+    Raises:
+        ValueError: a split of a file the model was not trained on, unknown elements, unlabelled data.
+    """
+    from so3krates.run_dir import load_model
+
+    model_dir = Path(model_dir)
+    potential, variables, metadata = load_model(model_dir)
+    train_config = rd.read_config(model_dir)
+    units = metadata.get("units", {})
+    energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))
+    length_unit = length_unit_name(length_unit or units.get("length", "Å"))
+    keys = {
+        "energy": energy_key or train_config.get("energy_key"),
+        "forces": forces_key or train_config.get("forces_key"),
+        "stress": stress_key or train_config.get("stress_key"),
+    }
+    if data is None:
+        data = train_config.get("data") or default_dataset_path()
+    data = Path(data)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not data.is_file():
+        raise FileNotFoundError(f"{data}: no such data file")
+    is_training_file = _same_file(data, metadata)
+    split = split or ("test" if is_training_file else "all")
+    frames = load_frames(data, energy_unit, length_unit, keys["energy"], keys["forces"], keys["stress"])
+    if frames.energy is None and frames.forces is None:
+        raise ValueError(f"{data}: no energies and no forces: nothing to compare the predictions with")
+    if split == "all":
+        indices = np.arange(len(frames))
+    else:
+        if not is_training_file:
+            raise ValueError(
+                f"{data} is not the file {model_dir} was trained on ({metadata.get('data_source')}): "
+                f"its '{split}' split is not defined; use --split all"
+            )
+        indices = rd.read_split(model_dir)[split]
+        if len(indices) and int(indices.max()) >= len(frames):
+            raise ValueError(f"{model_dir / rd.SPLIT_FILE} refers to frame {int(indices.max())} beyond {data}")
+        if len(indices) == 0:
+            raise ValueError(f"the '{split}' split of {model_dir} is empty")
+    check_known_elements(frames, indices, metadata.get("elements"))
+
+    config = potential.config
+    graphs = build_graphs(frames, indices, config.r_cut)
+    compute_stress = frames.stress is not None and bool(frames.pbc[indices].any())
+    batch_size = max(1, min(batch_size, len(graphs)))
+    sizes = max_pad_sizes(graphs, batch_size, config.nonlocal_correction)
+    start = time.perf_counter()
+    pred = predict_graphs(
+        lambda b: potential.energy_forces(variables, b, compute_stress=compute_stress),
+        graphs,
+        sizes,
+        batch_size,
+        all_pairs=config.nonlocal_correction,
+    )
+    seconds = time.perf_counter() - start
+    scales = LossScales.from_units(energy_factor(energy_unit), length_factor(length_unit))
+    numbers = [frames.numbers[int(i)] for i in indices]
+    energy_ref = None if frames.energy is None else frames.energy[indices]
+    forces_ref = None if frames.forces is None else [frames.forces[int(i)] for i in indices]
+    stress_ref = frames.stress[indices] if compute_stress else None
+    metrics = error_metrics(
+        numbers,
+        scales,
+        energy_ref=energy_ref,
+        energy_pred=pred["energy"] if energy_ref is not None else None,
+        forces_ref=forces_ref,
+        forces_pred=pred["forces"] if forces_ref is not None else None,
+        stress_ref=stress_ref,
+        stress_pred=pred.get("stress") if stress_ref is not None else None,
+        per_formula=True,
+    )
+    metrics = {
+        "model": str(model_dir),
+        "data": str(data),
+        "split": split,
+        "units": {"energy": energy_unit, "length": length_unit},
+        "prediction_seconds": seconds,
+        **metrics,
+    }
+    result_dir = None
+    if write:
+        if out_dir is None:
+            out_dir = model_dir / (
+                f"evaluation_{split}" if is_training_file else f"evaluation_{data.name.split('.')[0]}"
+            )
+        result_dir = Path(out_dir)
+        result_dir.mkdir(parents=True, exist_ok=True)
+        rd.atomic_write_text(result_dir / "metrics.json", json.dumps(_finite(metrics), indent=2, ensure_ascii=False))
+        _write_predictions(result_dir / "predictions.npz", indices, numbers, scales, energy_ref, forces_ref, pred)
+        if plot:
+            parity_plot(result_dir / "parity.png", scales, energy_unit, length_unit, energy_ref, forces_ref, pred)
+    return Evaluation(metrics=metrics, indices=np.asarray(indices), out_dir=result_dir)
+
+
+def _same_file(path: Path, metadata: dict[str, Any]) -> bool:
+    """Is ``path`` the training file? By checksum if recorded, else by resolved path."""
+    if metadata.get("data_sha256"):
+        return file_sha256(path) == metadata["data_sha256"]
+    return bool(metadata.get("data_source")) and Path(metadata["data_source"]).resolve() == path.resolve()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf → None: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_predictions(
+    path: Path,
+    indices: np.ndarray,
+    numbers: list[np.ndarray],
+    scales: LossScales,
+    energy_ref: np.ndarray | None,
+    forces_ref: list[np.ndarray] | None,
+    pred: dict[str, Any],
+) -> None:
+    """predictions.npz in the user's units: per-structure energies, per-atom forces (concatenated)."""
+    arrays: dict[str, np.ndarray] = {
+        "indices": np.asarray(indices, np.int64),
+        "n_atoms": np.array([len(z) for z in numbers], np.int64),
+        "numbers": np.concatenate(numbers).astype(np.int64),
+        "energy_pred": pred["energy"] / scales.energy,
+        "forces_pred": np.concatenate(pred["forces"]) / scales.forces,
+    }
+    if energy_ref is not None:
+        arrays["energy_ref"] = np.asarray(energy_ref) / scales.energy
+    if forces_ref is not None:
+        arrays["forces_ref"] = np.concatenate(forces_ref) / scales.forces
+    if "stress" in pred:
+        arrays["stress_pred"] = pred["stress"] / scales.stress
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    rd.atomic_write_bytes(path, buffer.getvalue())
+
+
+def parity_plot(
+    path: Path,
+    scales: LossScales,
+    energy_unit: str,
+    length_unit: str,
+    energy_ref: np.ndarray | None,
+    forces_ref: list[np.ndarray] | None,
+    pred: dict[str, Any],
+) -> None:
+    """Predicted against reference energies and force components (PNG, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if energy_ref is not None:
+        ref = np.asarray(energy_ref) / scales.energy
+        offset = float(np.mean(ref))  # total energies are large; plot them relative to the mean
+        panels.append(
+            ("energy", ref - offset, pred["energy"] / scales.energy - offset, f"E − {offset:.6g} ({energy_unit})")
+        )
+    if forces_ref is not None:
+        panels.append(
+            (
+                "forces",
+                np.concatenate(forces_ref).reshape(-1) / scales.forces,
+                np.concatenate(pred["forces"]).reshape(-1) / scales.forces,
+                f"force components ({energy_unit}/{length_unit})",
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, ref, prd, label) in zip(axes[0], panels, strict=True):
+        ax.scatter(ref, prd, s=3, alpha=0.5, rasterized=True)
+        lo, hi = float(min(ref.min(), prd.min())), float(max(ref.max(), prd.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        mae = float(np.mean(np.abs(prd - ref)))
+        ax.set(xlabel=f"reference {label}", ylabel=f"predicted {label}", title=f"{title}: MAE {mae:.4g}")
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    rd.atomic_write_bytes(path, buffer.getvalue())
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The metrics as a text table (user's units)."""
+    e_unit = metrics["units"]["energy"]
+    f_unit = f"{e_unit}/{metrics['units']['length']}"
+    lines = [
+        f"{metrics['model']} on {metrics['data']} [{metrics['split']}]: {metrics['n_structures']} structures, "
+        f"{metrics['n_atoms']} atoms",
+        f"{'quantity':<38}{'MAE':>12}{'RMSE':>12}",
+    ]
+    rows = [
+        ("energy", f"{e_unit}", "energy_mae", "energy_rmse"),
+        ("energy per atom", f"{e_unit}", "energy_per_atom_mae", "energy_per_atom_rmse"),
+        ("forces (per component)", f_unit, "forces_mae", "forces_rmse"),
+        ("stress", f"{e_unit}/{metrics['units']['length']}³", "stress_mae", "stress_rmse"),
+    ]
+    for name, unit, mae, rmse in rows:
+        if mae in metrics:
+            lines.append(f"{name + ' [' + unit + ']':<38}{metrics[mae]:>12.5g}{metrics[rmse]:>12.5g}")
+    per_formula = metrics.get("per_formula", {})
+    if per_formula:
+        parts = []
+        if "structure_averaged_energy_mae" in metrics:
+            parts.append(f"energy {metrics['structure_averaged_energy_mae']:.5g} {e_unit}")
+        if "structure_averaged_forces_mae" in metrics:
+            parts.append(f"forces {metrics['structure_averaged_forces_mae']:.5g} {f_unit}")
+        lines.append(f"per-structure averaged MAE over {len(per_formula)} formula(s): " + ", ".join(parts))
+    return "\n".join(lines)
