@@ -1,17 +1,12 @@
 """Error figures of a trained model on labelled data.
 
-Prints energy MAE/RMSE (total and per atom), force MAE/RMSE per component and the per-structure averaged
-MAE (the paper's Table 4) in the units the model was trained in (or ``--energy-unit``/``--length-unit``),
-and writes metrics.json, predictions.npz and parity.png to ``--out`` (default
-RUN_DIR/evaluation_<split>).
-
-With the training file (the default ``--data``), ``--split test`` (the default) evaluates exactly the
-held-out frames saved in the run's split.npz. Data with elements the model never saw is refused.
-
-Example::
-
-    so3krates evaluate --model runs/ethanol --split test
-    so3krates evaluate --model runs/ethanol --data other_ethanol.xyz --energy-unit kcal/mol
+Prints energy MAE/RMSE (total and per atom), force MAE/RMSE per Cartesian component and the
+per-structure averaged MAE (the paper's Table 4) in the units the model was trained in (or those of
+--energy-unit/--length-unit), and writes metrics.json, predictions.npz and parity.png to --out
+(default RUN_DIR/evaluation_<split>). With the training file (the default --data), --split test
+(the default) evaluates exactly the held-out frames saved in the run's split.npz; any other file is
+evaluated whole. Data with elements the model never saw is refused. Example: so3krates evaluate
+--model runs/ethanol --split test.
 """
 
 from __future__ import annotations

@@ -1,22 +1,19 @@
 """Train a So3krates force field on reference energies and forces.
 
-Options come from the defaults (the paper's MD17 setting: Adam lr 1e-3, β = 0.99, batch 8, EMA 0.999,
-clipping at norm 1), then ``--config FILE.yaml``, then the flags below. The run directory gets the
-model (config.yaml, model.safetensors, metadata.json, split.npz), metrics.csv, TensorBoard events,
-learning_curve.png and checkpoint_latest.msgpack; ``--resume`` continues a stopped or killed run.
-
-Without ``--data`` a quick demonstration runs on the bundled ethanol dataset (small model, few epochs).
-
-Examples::
-
-    so3krates train --data md17_ethanol.npz --energy-unit kcal/mol --n-train 1000 --n-valid 500 --out runs/ethanol
-    so3krates train --out runs/ethanol --resume --max-epochs 4000
-    so3krates evaluate --model runs/ethanol --split test
+Options come from the defaults (the paper's MD17 setting: Adam lr 1e-3, beta 0.99, batch 8, EMA 0.999,
+gradient clipping at norm 1), then --config FILE.yaml, then the flags below. The run directory
+receives the model (config.yaml, model.safetensors, metadata.json, split.npz), metrics.csv,
+TensorBoard events, learning_curve.png and checkpoint_latest.msgpack. To continue a stopped or
+killed run, repeat the command with --resume (only --max-epochs, --max-time and --patience may
+change). Without --data, a quick demonstration trains a small model on the bundled ethanol dataset
+in a few minutes. Example: so3krates train --data md17_ethanol.npz --energy-unit kcal/mol
+--n-train 1000 --n-valid 500 --out runs/ethanol; then: so3krates evaluate --model runs/ethanol.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +162,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {option: getattr(args, dest) for dest, option in _OPTIONS.items() if getattr(args, dest, None) is not None}
     if "data" in out:
         out["data"] = str(Path(out["data"]).resolve())  # the saved config must work from any directory
-    if args.no_progress:
-        out["progress"] = False
+    if args.no_progress or not sys.stderr.isatty():
+        out["progress"] = False  # bars in a log file are noise: one line per epoch instead
     return out
 
 

@@ -271,6 +271,12 @@ def train(
             f"{data_path}: element(s) {_symbols(unseen)} occur in validation frames but in no training frame; "
             "use more training frames or another --seed"
         )
+    unseen_test = sorted(set(elements_of(frames, split["test"])) - set(elements))
+    if unseen_test:
+        log(
+            f"warning: element(s) {_symbols(unseen_test)} occur only in test frames; the model will not know them "
+            "and evaluation will refuse those frames"
+        )
     if max(elements) > config.model.max_atomic_number:
         raise ValueError(f"{data_path}: atomic number {max(elements)} exceeds the model's max_atomic_number")
 
@@ -283,7 +289,10 @@ def train(
     batch_size = min(config.batch_size, len(train_graphs))
     valid_batch = config.valid_batch_size or config.batch_size
     sizes = max_pad_sizes(train_graphs + valid_graphs, batch_size, all_pairs)
-    valid_sizes = sizes if valid_batch == batch_size else max_pad_sizes(valid_graphs, valid_batch, all_pairs)
+    # The evaluation step also runs over the training set (energy constant), so it must fit both.
+    valid_sizes = (
+        sizes if valid_batch == batch_size else max_pad_sizes(train_graphs + valid_graphs, valid_batch, all_pairs)
+    )
     scales = LossScales.from_units(energy_factor(config.energy_unit), length_factor(config.length_unit))
     compute_stress = config.stress_weight > 0 and frames.stress is not None
 
