@@ -265,7 +265,8 @@ def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array
     e = jnp.where(pairs.mask, jnp.exp(d - row_max[pairs.i]), 0.0)
     row_sum = segment_sum(e, pairs.i, num_atoms)
     softmax = e / jnp.where(row_sum > 0, row_sum, 1.0)[pairs.i]
-    chi_cut = kappa / n_atoms_of_centre.astype(chi.dtype)
+    # Padding pairs belong to the padding graph (0 atoms): guard κ/0, their weight is masked anyway.
+    chi_cut = kappa / jnp.maximum(n_atoms_of_centre, 1).astype(chi.dtype)
     return jnp.where(pairs.mask, polynomial_cutoff(softmax / chi_cut, p), 0.0)
 
 

@@ -1,0 +1,516 @@
+"""Cumulene rotor torsion (paper Sec. 4, Fig. 2a, Fig. 3, Fig. 8): local So3krates vs the non-local correction.
+
+For each chain length H2C=(C=)_{n-2}CH2, n carbons:
+
+1. ``generate``: GFN2-xTB (tblite) reference data through :mod:`so3krates.reference`: ``--frames``
+   structures with a random rotor torsion in [0°, 180°] and Gaussian displacements of every atom
+   (``--noise`` Å, a stand-in for thermal motion) for training, plus a rigid torsion scan 0..180° in
+   5° steps (no displacement) for the energy profile. SCF settings: the reference module's
+   ``CUMULENE_ELECTRONIC_TEMPERATURE`` / ``CUMULENE_MAX_ITERATIONS``.
+2. ``train``: two models with the paper's cumulene architecture (Table 7, Fig. 2: r_cut 2.5 Å, 4 layers,
+   degrees (1,), spherical filters, β = 1, i.e. forces only, energy constant from A.14), one local and
+   one with the non-local correction (eq. 14, κ = 1, p = 6). Width, data and epochs are cut down to fit
+   a shared CPU (see ``--features``, ``--radial-hidden``, ``--max-time``): the paper used F = 128,
+   1k training points and 4k epochs.
+3. ``evaluate``: energy of the rigid scan predicted by each model vs xTB; MAE of the profile after
+   aligning the constant (mean difference removed), and the figures
+   ``docs/figures/cumulene_profiles.png`` (Fig. 2a), ``cumulene_sphc_pca.png`` (Fig. 3) and
+   ``cumulene_neighbourhood.png`` (Fig. 8).
+
+Everything goes to ``--work`` (default ``benchmarks/results/runs/cumulene``, not committed); the numbers
+land in ``--work``/results.json. The same steps by CLI for one chain length (the non-local κ and p are
+ModelConfig fields, set through the YAML config's ``model`` section)::
+
+    python benchmarks/cumulene.py generate --carbons 3 5 7 9 --frames 260
+    python benchmarks/cumulene.py train --carbons 9 5 7 3 --max-time 240
+    python benchmarks/cumulene.py evaluate --carbons 3 5 7 9
+    python benchmarks/cumulene.py all --carbons 9 5 7 3 --max-time 240    # the three in a row
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "results" / "runs" / "cumulene"
+FIGURES = ROOT / "docs" / "figures"
+SCAN_ANGLES = np.arange(0.0, 180.0 + 1e-9, 5.0)
+VARIANTS = ("local", "nonlocal")
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+def model_config(variant: str, features: int = 32, radial_hidden: int = 32, dtype: str = "float32") -> Any:
+    """The cumulene model of the paper (Table 7, rows Fig. 2/3) at a reduced width.
+
+    Args:
+        variant: "local" (eq. 13) or "nonlocal" (eq. 14 with κ = 1, p = 6, A.2).
+        features: F (paper 128).  radial_hidden: hidden width of the radial filter MLP (paper 128; on
+            the all-pairs list of the non-local model it dominates the cost, hence smaller here).
+    """
+    from so3krates.model.config import ModelConfig
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return ModelConfig(
+        features=features,
+        num_layers=4,
+        degrees=(1,),
+        num_heads=4,
+        r_cut=2.5,
+        radial_hidden=radial_hidden,
+        spherical_hidden=32,
+        dtype=dtype,
+        nonlocal_correction=variant == "nonlocal",
+        nonlocal_kappa=1.0,
+        nonlocal_p=6,
+    )
+
+
+def paths(work: Path, n: int) -> dict[str, Path]:
+    """Files of chain length n under ``work``."""
+    return {
+        "train": work / f"c{n}_train.extxyz",
+        "scan": work / f"c{n}_scan.extxyz",
+        "local": work / f"c{n}_local",
+        "nonlocal": work / f"c{n}_nonlocal",
+    }
+
+
+# -- 1. reference data -----------------------------------------------------------------------------------
+def label_frames(frames: Sequence[Any]) -> tuple[list[Any], int]:
+    """GFN2-xTB energies and forces with the reference module's cumulene SCF settings.
+
+    Frames whose SCF does not converge are dropped (and counted), not retried.
+    """
+    from so3krates.reference import structures as st
+    from so3krates.reference.xtb import make_calculator, single_point
+
+    calc = make_calculator(
+        "GFN2-xTB",
+        electronic_temperature=st.CUMULENE_ELECTRONIC_TEMPERATURE,
+        max_iterations=st.CUMULENE_MAX_ITERATIONS,
+    )
+    out, failed = [], 0
+    for k, atoms in enumerate(frames):
+        try:
+            out.append(single_point(atoms, calc, name=f"frame {k}"))
+        except ValueError:
+            failed += 1
+    return out, failed
+
+
+def generate(n: int, work: Path, frames: int, noise: float, seed: int, overwrite: bool = False) -> dict[str, Any]:
+    """Training frames (random torsions + displacements) and the rigid scan of chain length n."""
+    from ase.io import write
+
+    from so3krates.reference.structures import torsion_scan
+
+    p = paths(work, n)
+    work.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {"n_carbons": n}
+    if overwrite or not p["train"].exists():
+        angles = np.random.default_rng([seed, n]).uniform(0.0, 180.0, frames)
+        t0 = time.perf_counter()
+        labelled, failed = label_frames(torsion_scan(n, angles, noise=noise, seed=seed + n))
+        write(p["train"], labelled, format="extxyz")
+        info.update(train_frames=len(labelled), train_failed=failed, train_seconds=time.perf_counter() - t0)
+    if overwrite or not p["scan"].exists():
+        labelled, failed = label_frames(torsion_scan(n, SCAN_ANGLES, noise=0.0))
+        if failed:
+            raise RuntimeError(f"C{n}: {failed} frames of the rigid scan did not converge")
+        write(p["scan"], labelled, format="extxyz")
+    return info
+
+
+# -- 2. training -----------------------------------------------------------------------------------------
+def train_config(data: Path, variant: str, args: argparse.Namespace) -> Any:
+    """Force-only training (β = 1; A.14 constant fitted afterwards) of one variant."""
+    from so3krates.train import TrainConfig
+
+    return TrainConfig(
+        data=str(data),
+        n_train=args.n_train,
+        n_valid=args.n_valid,
+        n_test=None,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_epochs=args.max_epochs,
+        max_time=args.max_time,
+        beta=1.0,
+        lr=args.lr,
+        schedule="exponential",
+        decay_factor=0.5,
+        decay_epochs=1000,
+        grad_clip=1.0,
+        ema_decay=args.ema_decay,
+        valid_every=args.valid_every,
+        progress=False,
+        model=model_config(variant, args.features, args.radial_hidden),
+    )
+
+
+def train_one(n: int, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or skip if already trained) one model; returns a summary."""
+    from so3krates import run_dir as rd
+    from so3krates.train import train
+
+    p = paths(args.work, n)
+    run = p[variant]
+    if (run / rd.WEIGHTS_FILE).exists() and (run / rd.METADATA_FILE).exists() and not args.overwrite:
+        meta = json.loads((run / "metadata.json").read_text())
+        if meta.get("training"):
+            return {"n_carbons": n, "variant": variant, "skipped": True}
+    if args.overwrite and run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    config = train_config(p["train"], variant, args)
+    print(f"== C{n} {variant}: training for at most {args.max_time} s", flush=True)
+    result = train(config, run, log=lambda s: print(f"   [C{n} {variant}] {s}", flush=True))
+    return {
+        "n_carbons": n,
+        "variant": variant,
+        "epochs": result.epochs,
+        "stopped": result.stopped,
+        "wall_time_s": result.wall_time,
+        "energy_constant": result.energy_constant,
+        "valid": result.valid_metrics,
+    }
+
+
+# -- 3. evaluation ---------------------------------------------------------------------------------------
+def read_scan(path: Path) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Rigid scan frames, their torsions (degrees) and xTB energies (eV)."""
+    from ase.io import read
+
+    frames = read(path, index=":")
+    angles = np.array([float(a.info["torsion_deg"]) for a in frames])
+    energies = np.array([a.get_potential_energy() for a in frames])
+    return frames, angles, energies
+
+
+def batch_of(frames: Sequence[Any], config: Any) -> Any:
+    from so3krates.graph import collate, make_graph
+
+    graphs = [make_graph(a.positions, a.numbers, config.r_cut) for a in frames]
+    return collate(graphs, all_pairs=config.nonlocal_correction)
+
+
+def predict_energies(potential: Any, variables: Any, frames: Sequence[Any]) -> np.ndarray:
+    """Model energies (eV) of the frames, one padded batch."""
+    batch = batch_of(frames, potential.config)
+    return np.asarray(potential.energy(variables, batch))[: len(frames)]
+
+
+def capture_sphcs(potential: Any, variables: Any, frames: Sequence[Any]) -> np.ndarray:
+    """SPHCs χ of every layer, shape (num_layers + 1, n_frames, n_atoms, dim): the initial ones (eq. 11)
+    first, then after each layer (the model sows them as ``intermediates/sphc``)."""
+    import jax.numpy as jnp
+
+    from so3krates.potential import edge_vectors, pair_vectors
+
+    batch = batch_of(frames, potential.config)
+    dtype = potential.dtype
+    pos = jnp.asarray(batch.positions, dtype)
+    pairs = pair_vectors(pos, batch) if potential.config.nonlocal_correction else None
+    _, state = potential.module.apply(
+        variables,
+        batch,
+        edge_vectors(pos, jnp.asarray(batch.cell, dtype), batch),
+        pairs,
+        pos,
+        mutable=["intermediates"],
+    )
+    chi = np.stack([np.asarray(c) for c in state["intermediates"]["sphc"]])
+    n_atoms = len(frames[0])
+    return chi[:, : n_atoms * len(frames)].reshape(chi.shape[0], len(frames), n_atoms, -1)
+
+
+def neighbourhood_weights(chi: np.ndarray, kappa: float = 1.0, p: int = 6) -> np.ndarray:
+    """φ_χcut(χ̃_ij) (eq. 14, A.2) of one structure from its SPHCs (n, dim) via the model's own
+    :func:`sphc_neighbourhood_weight`; returns the (n, n) matrix (zero diagonal)."""
+    import jax.numpy as jnp
+
+    from so3krates.model.layers import Pairs, sphc_neighbourhood_weight
+
+    n = chi.shape[0]
+    i, j = np.nonzero(~np.eye(n, dtype=bool))
+    zeros = jnp.zeros(len(i))
+    pairs = Pairs(
+        i=jnp.asarray(i), j=jnp.asarray(j), mask=jnp.ones(len(i), bool), r=zeros, cutoff=zeros, rbf=zeros, sph=zeros
+    )
+    w = sphc_neighbourhood_weight(jnp.asarray(chi), pairs, jnp.full(len(i), n), kappa, p)
+    out = np.zeros((n, n))
+    out[i, j] = np.asarray(w)
+    return out
+
+
+def profile_metrics(angles: np.ndarray, reference: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Errors of a predicted torsion profile (eV → meV)."""
+    diff = predicted - reference
+    aligned = diff - diff.mean()
+    flat = reference - reference.mean()
+    return {
+        "profile_mae_meV": 1e3 * float(np.mean(np.abs(aligned))),
+        "profile_max_error_meV": 1e3 * float(np.max(np.abs(aligned))),
+        "mae_with_A14_constant_meV": 1e3 * float(np.mean(np.abs(diff))),
+        "flat_profile_mae_meV": 1e3 * float(np.mean(np.abs(flat))),
+        "reference_range_meV": 1e3 * float(np.ptp(reference)),
+        "predicted_range_meV": 1e3 * float(np.ptp(predicted)),
+        "reference_min_deg": float(angles[np.argmin(reference)]),
+        "predicted_min_deg": float(angles[np.argmin(predicted)]),
+    }
+
+
+def evaluate(carbons: Sequence[int], work: Path) -> dict[str, Any]:
+    """Profiles, metrics and figures for every chain length with trained models."""
+    import jax
+
+    from so3krates import run_dir as rd
+    from so3krates.run_dir import load_model
+
+    results: dict[str, Any] = {"chains": {}}
+    profiles: dict[int, dict[str, np.ndarray]] = {}
+    for n in carbons:
+        p = paths(work, n)
+        if not p["scan"].exists():
+            continue
+        frames, angles, reference = read_scan(p["scan"])
+        entry: dict[str, Any] = {}
+        prof = {"angles": angles, "xtb": reference}
+        for variant in VARIANTS:
+            if not (p[variant] / rd.WEIGHTS_FILE).exists():
+                continue
+            potential, variables, meta = load_model(p[variant])
+            pred = predict_energies(potential, variables, frames)
+            prof[variant] = pred
+            entry[variant] = {
+                **profile_metrics(angles, reference, pred),
+                "epochs": meta.get("training", {}).get("epochs"),
+                "wall_time_s": meta.get("training", {}).get("wall_time_s"),
+                "valid_forces_mae_eV_A": meta.get("training", {}).get("valid_metrics", {}).get("forces_mae"),
+                "num_parameters": meta.get("num_parameters"),
+            }
+        results["chains"][str(n)] = entry
+        profiles[n] = prof
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    np.savez(work / "profiles.npz", **{f"c{n}_{k}": v for n, d in profiles.items() for k, v in d.items()})
+    if profiles:
+        plot_profiles(profiles, FIGURES / "cumulene_profiles.png")
+    largest = max((n for n in profiles if "nonlocal" in profiles[n]), default=None)
+    if largest is not None:
+        potential, variables, _ = load_model(paths(work, largest)["nonlocal"])
+        frames, angles, _ = read_scan(paths(work, largest)["scan"])
+        initial = potential.init(jax.random.PRNGKey(0), batch_of(frames[:1], potential.config))
+        initial["normalization"] = variables["normalization"]
+        results["sphc_pca"] = plot_sphc_pca(
+            capture_sphcs(potential, initial, frames),
+            capture_sphcs(potential, variables, frames),
+            largest,
+            FIGURES / "cumulene_sphc_pca.png",
+        )
+        results["neighbourhood"] = plot_neighbourhood(
+            capture_sphcs(potential, variables, frames), angles, largest, FIGURES / "cumulene_neighbourhood.png"
+        )
+        (work / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+def plot_profiles(profiles: dict[int, dict[str, np.ndarray]], path: Path) -> None:
+    """Fig. 2a: rotor torsion energy profiles, xTB vs local vs non-local (each aligned to the reference mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chains = sorted(profiles)
+    cols = min(4, len(chains))
+    rows = math.ceil(len(chains) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharex=True)
+    styles = {
+        "xtb": ("k", "-", "GFN2-xTB"),
+        "local": ("tab:blue", "--", "local"),
+        "nonlocal": ("tab:red", "-", "non-local"),
+    }
+    for ax, n in zip(axes.flat, chains, strict=False):
+        d = profiles[n]
+        ref = d["xtb"]
+        for key in ("xtb", "local", "nonlocal"):
+            if key not in d:
+                continue
+            y = d[key] - d[key].mean() + ref.mean() - ref.min()
+            colour, ls, label = styles[key]
+            ax.plot(d["angles"], y, color=colour, ls=ls, lw=1.6 if key == "xtb" else 1.3, label=label)
+        ax.set_title(f"C{n}H4")
+        ax.set_xticks([0, 45, 90, 135, 180])
+    for ax in axes.flat[len(chains) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("energy (eV)")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("rotor torsion (°)")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.suptitle("Cumulene rotor torsion, r_cut 2.5 Å, 4 layers, l_max 1, force-only training", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _pca2(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2D PCA projection (centred), and the explained variance fractions."""
+    centred = data - data.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T, (s**2 / np.sum(s**2))[:2]
+
+
+def _end_separation(chi: np.ndarray, n: int) -> float:
+    """Mean SPHC distance between hydrogens of opposite ends / mean distance between all atom pairs
+    (one structure; < 1: the two rotors are closer in SPHC space than a typical pair)."""
+    ha, hb = chi[n : n + 2], chi[n + 2 : n + 4]
+    cross = np.mean([np.linalg.norm(a - b) for a in ha for b in hb])
+    allpairs = np.linalg.norm(chi[:, None] - chi[None], axis=-1)
+    return float(cross / allpairs[~np.eye(len(chi), dtype=bool)].mean())
+
+
+def plot_sphc_pca(before: np.ndarray, after: np.ndarray, n: int, path: Path) -> dict[str, Any]:
+    """Fig. 3: 2D PCA of the final-layer SPHCs of every atom of the rigid scan, before/after training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    summary: dict[str, Any] = {"n_carbons": n}
+    n_atoms = before.shape[2]
+    colours = ["0.6"] * n + ["tab:green"] * 2 + ["tab:red"] * 2
+    for ax, chi, title in ((axes[0], before, "before training"), (axes[1], after, "after training")):
+        last = chi[-1]  # (frames, atoms, dim)
+        proj, var = _pca2(last.reshape(-1, last.shape[-1]))
+        proj = proj.reshape(last.shape[0], n_atoms, 2)
+        for a in range(n_atoms):
+            ax.scatter(proj[:, a, 0], proj[:, a, 1], s=6, color=colours[a], alpha=0.7)
+        ax.set_title(f"{title} (PC var {var[0]:.2f}, {var[1]:.2f})", fontsize=9)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        key = "before" if chi is before else "after"
+        summary[f"{key}_end_separation_per_layer"] = [
+            float(np.mean([_end_separation(chi[t, f], n) for f in range(chi.shape[1])])) for t in range(chi.shape[0])
+        ]
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=c, label=lab)
+        for c, lab in (("0.6", "C"), ("tab:green", "H (first CH2)"), ("tab:red", "H (last CH2)"))
+    ]
+    axes[1].legend(handles=handles, fontsize=7, frameon=False)
+    fig.suptitle(f"C{n}H4 SPHCs (final layer, all torsions of the rigid scan), non-local model", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return summary
+
+
+def plot_neighbourhood(chi: np.ndarray, angles: np.ndarray, n: int, path: Path) -> dict[str, Any]:
+    """Fig. 8 (analogue): spherical-neighbourhood weights φ_χcut(χ̃_ij) between the rotor hydrogens vs
+    torsion, per layer (each layer's input SPHCs) and averaged over the layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_layers = chi.shape[0] - 1
+    cross = np.zeros((num_layers, len(angles)))
+    same = np.zeros((num_layers, len(angles)))
+    carbon = np.zeros((num_layers, len(angles)))
+    for t in range(num_layers):
+        for f in range(len(angles)):
+            w = neighbourhood_weights(chi[t, f])
+            hs = [n, n + 1, n + 2, n + 3]
+            cross[t, f] = np.mean([w[a, b] for a in hs[:2] for b in hs[2:]] + [w[b, a] for a in hs[:2] for b in hs[2:]])
+            same[t, f] = np.mean([w[hs[0], hs[1]], w[hs[1], hs[0]], w[hs[2], hs[3]], w[hs[3], hs[2]]])
+            carbon[t, f] = np.mean([w[a, c] for a in hs for c in range(n)])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    for t in range(num_layers):
+        axes[0].plot(angles, cross[t], label=f"layer {t + 1}")
+    axes[0].set_title("H(first CH2) – H(last CH2), per layer", fontsize=9)
+    axes[1].plot(angles, cross.mean(0), color="tab:purple", label="H–H opposite ends")
+    axes[1].plot(angles, same.mean(0), color="tab:green", ls="--", label="H–H same end")
+    axes[1].plot(angles, carbon.mean(0), color="0.5", ls=":", label="H–C")
+    axes[1].set_title("averaged over the layers", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("rotor torsion (°)")
+        ax.set_ylabel("φ_χcut(χ̃_ij)")
+        ax.set_xticks([0, 45, 90, 135, 180])
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"C{n}H4, trained non-local model: spherical neighbourhood weights (eq. 14, A.2)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return {
+        "n_carbons": n,
+        "cross_end_HH_mean": float(cross.mean()),
+        "cross_end_HH_range": [float(cross.mean(0).min()), float(cross.mean(0).max())],
+        "same_end_HH_mean": float(same.mean()),
+        "H_C_mean": float(carbon.mean()),
+    }
+
+
+# -- command line ----------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("generate", "train", "evaluate", "all"))
+    parser.add_argument("--carbons", type=int, nargs="+", default=[9, 5, 7, 3], help="chain lengths, in run order")
+    parser.add_argument("--work", type=Path, default=WORK, help="data, runs and results.json")
+    parser.add_argument("--frames", type=int, default=260, help="training+validation+test frames per chain length")
+    parser.add_argument("--noise", type=float, default=0.02, help="Gaussian displacement of every atom, Å")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=200)
+    parser.add_argument("--n-valid", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=4000, help="paper: 4k")
+    parser.add_argument("--max-time", type=float, default=240.0, help="seconds of training per model")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema-decay", type=float, default=0.99, help="paper 0.999; shorter for short runs")
+    parser.add_argument("--valid-every", type=int, default=5)
+    parser.add_argument("--features", type=int, default=32, help="F (paper 128)")
+    parser.add_argument("--radial-hidden", type=int, default=32, help="radial filter hidden width (paper 128)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--overwrite", action="store_true", help="regenerate data / retrain existing models")
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    log: list[dict[str, Any]] = []
+    if args.step in ("generate", "all"):
+        for n in args.carbons:
+            info = generate(n, args.work, args.frames, args.noise, args.seed, args.overwrite)
+            print(f"C{n}: {info}", flush=True)
+    if args.step in ("train", "all"):
+        for n in args.carbons:
+            for variant in args.variants:
+                summary = train_one(n, variant, args)
+                log.append(summary)
+                print(json.dumps(summary), flush=True)
+                with open(args.work / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps(summary) + "\n")
+    if args.step in ("evaluate", "all"):
+        results = evaluate(sorted(args.carbons), args.work)
+        for n, entry in results["chains"].items():
+            for variant, m in entry.items():
+                print(
+                    f"C{n} {variant:8s} profile MAE {m['profile_mae_meV']:8.1f} meV  "
+                    f"(flat {m['flat_profile_mae_meV']:.1f}"
+                    f" meV, ref range {m['reference_range_meV']:.0f}, pred range {m['predicted_range_meV']:.0f}) "
+                    f"epochs {m['epochs']}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
