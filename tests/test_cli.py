@@ -19,7 +19,7 @@ def test_version_and_help_through_the_installed_entry_point():
 def test_every_built_subcommand_has_documented_help(capsys):
     parser = build_parser()
     built = [name for name in SUBCOMMANDS if name in parser._subparsers._group_actions[0].choices]
-    assert {"train", "evaluate", "md", "relax"} <= set(built)
+    assert {"train", "evaluate"} <= set(built)
     for name in built:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
