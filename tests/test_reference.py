@@ -264,3 +264,19 @@ def test_smiles_without_rdkit_explains_the_extra(tmp_path, monkeypatch, capsys):
     argv = ["generate", "--smiles", "CCO", "--temperature", "300", "--frames", "1", "--out", str(tmp_path / "x.xyz")]
     assert main(argv) == 2
     assert "so3krates[smiles]" in capsys.readouterr().err
+
+
+def test_cumulene_bond_geometry_options_and_linear_md():
+    atoms = cumulene(4, 90.0, cc_bond=1.28, ch_bond=1.08, hch_angle=118.0)
+    np.testing.assert_allclose(np.linalg.norm(np.diff(atoms.positions[:4], axis=0), axis=1), 1.28)
+    np.testing.assert_allclose(atoms.get_distances(0, [4, 5]), 1.08)
+    assert atoms.get_angle(4, 0, 5) == pytest.approx(118.0) and rotor_torsion(atoms) == pytest.approx(90.0)
+    scan = torsion_scan(3, [0.0], cc_bond=1.30)
+    assert scan[0].get_distance(0, 1) == pytest.approx(1.30)
+    with pytest.raises(ValueError, match="bond lengths"):
+        cumulene(3, cc_bond=-1.0)
+    # An exactly linear carbon chain has a vanishing moment of inertia: MD must not blow up there.
+    frames = sample_md(cumulene(3, 90.0), 300.0, n_frames=1, stride=2, equilibration_steps=2, progress=False)
+    assert np.isfinite(frames[0].positions).all() and np.abs(frames[0].positions).max() < 5.0
+    with pytest.raises(ValueError, match="friction > 0"):
+        sample_md(water(), 300.0, 1, 1, friction=0.0, progress=False)

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Fermi smearing temperature (default 300 K; cumulene scans use the module's tested value)",
     )
     xtb.add_argument("--max-iterations", type=int, default=None, help="SCF iteration limit (default 250)")
+    xtb.add_argument(
+        "--accuracy", type=float, default=1.0, help="tblite SCF convergence scale, smaller is tighter (default 1.0)"
+    )
     xtb.add_argument("--charge", type=int, default=0, help="total charge (default 0)")
     xtb.add_argument("--uhf", type=int, default=0, help="number of unpaired electrons (default 0)")
     md = parser.add_argument_group("MD sampling (--structure / --smiles)")
@@ -69,11 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     md.add_argument(
         "--equilibration",
         type=int,
-        default=200,
+        default=1000,
         metavar="STEPS",
-        help="MD steps discarded before sampling (default 200)",
+        help="MD steps discarded before sampling (default 1000: 500 fs, five thermostat times at 0.01/fs)",
     )
-    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, ASE units (default 0.01 ≈ 1/ps)")
+    md.add_argument(
+        "--friction", type=float, default=0.01, metavar="PER_FS", help="Langevin friction, 1/fs (default 0.01 = 10/ps)"
+    )
     md.add_argument("--seed", type=int, default=0, help="seed of velocities, thermostat noise, embedding, scan noise")
     scan = parser.add_argument_group("torsion scan (--torsion-scan)")
     scan.add_argument(
@@ -226,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     for i, atoms in enumerate(frames if frames is not None else [start]):
         xtb.check_elements(atoms, method, where=f"structure {i}")
     out = _Appender(Path(args.out), args.overwrite, args.compact)
-    xtb_kw.update(electronic_temperature=el_t, max_iterations=max_it)
+    xtb_kw.update(electronic_temperature=el_t, max_iterations=max_it, accuracy=args.accuracy)
 
     if frames is None:
         sample_md(

@@ -106,11 +106,12 @@ def sample_md(
         if moments.min() > 1e-6 * moments.max():
             ZeroRotation(work)
     # fixcm=False: with fixcm=True ASE runs small molecules visibly hotter than the target (ASE >= 3.28
-    # deprecates it: it does not sample NVT correctly for small systems). Measured for H2O, GFN2-xTB,
-    # 500 K, 0.5 fs, friction 0.01: internal kinetic temperature ~1300 K over 2.5 ps with fixcm=True;
-    # with fixcm=False 408 +- 22 K over 15 ps (weak coupling, only 6 internal degrees of freedom) and
-    # 518 +- 34 K with friction 0.1 over 5 ps. Stationary() above removes the initial drift; the
-    # thermostat only lets the centre of mass diffuse slowly, which does not affect the labels.
+    # deprecates it: it projects the centre-of-mass part out of the random forces with equal weights
+    # for all atoms and rescales them by sqrt(N/(N-1)), which is not NVT for light-plus-heavy atoms).
+    # Measured, GFN2-xTB, 500 K target, 0.5 fs, friction 0.01/fs: ethanol 683 K (1 ps blocks 481-890 K)
+    # with fixcm=True, 514 +- 16 K over 5 ps with fixcm=False; H2O ~1300 K internal with fixcm=True.
+    # Stationary() above removes the initial drift; the thermostat only lets the centre of mass
+    # diffuse slowly, which does not affect the labels.
     dyn = Langevin(
         work, timestep_fs * units.fs, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
     )
