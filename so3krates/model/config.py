@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -27,6 +28,13 @@ class ModelConfig:
         global_attention: None, or "efa" for Euclidean fast attention (see docs).
         pseudotensor_paths: keep the Clebsch–Gordan paths with l1 + l2 + l odd in eq. 19 (the paper's
             "all valid combinations"); False makes the energy invariant under inversion too.
+        efa_qk_features: F_qk, width of the EFA queries and keys (even: ERoPE rotates channel pairs).
+        efa_v_features: F_v, width of the EFA values.
+        efa_max_frequency: b_max, the largest ERoPE frequency is θ_max = b_max / r_max (dimensionless).
+        efa_max_length: r_max in Å, should cover the largest distance within any structure.
+        efa_grid_size: M, number of Lebedev directions; must be a Lebedev size whose safe frequency
+            (docs/efa.md) covers b_max.
+        efa_layers: layers t that get an EFA update; None: all of them.
     """
 
     features: int = 132
@@ -44,6 +52,12 @@ class ModelConfig:
     nonlocal_p: int = 6
     global_attention: str | None = None
     pseudotensor_paths: bool = True
+    efa_qk_features: int = 16
+    efa_v_features: int = 32
+    efa_max_frequency: float = math.pi
+    efa_max_length: float = 15.0
+    efa_grid_size: int = 50
+    efa_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "degrees", tuple(sorted(int(l) for l in self.degrees)))
@@ -60,10 +74,38 @@ class ModelConfig:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         if self.global_attention not in (None, "efa"):
             raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
+        self._check_efa()
+
+    def _check_efa(self) -> None:
+        """EFA hyperparameters; the grid/frequency rule only when EFA is switched on."""
+        for name, kind in (("efa_qk_features", int), ("efa_v_features", int), ("efa_grid_size", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        for name in ("efa_max_frequency", "efa_max_length"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.efa_layers is not None:
+            object.__setattr__(self, "efa_layers", tuple(sorted({int(t) for t in self.efa_layers})))
+            bad = [t for t in self.efa_layers if not 0 <= t < self.num_layers]
+            if bad:
+                raise ValueError(f"efa_layers {bad} outside the {self.num_layers} layers 0..{self.num_layers - 1}")
+        if self.efa_qk_features < 2 or self.efa_qk_features % 2:
+            raise ValueError(f"efa_qk_features must be even and ≥ 2 (ERoPE rotates pairs), got {self.efa_qk_features}")
+        if self.efa_v_features < 1:
+            raise ValueError(f"efa_v_features must be positive, got {self.efa_v_features}")
+        if not (self.efa_max_frequency > 0 and self.efa_max_length > 0):
+            raise ValueError(
+                f"efa_max_frequency and efa_max_length must be positive, got "
+                f"{self.efa_max_frequency} and {self.efa_max_length}"
+            )
+        if self.global_attention == "efa":
+            from so3krates.model.efa import check_grid  # lazy: efa imports this module
+
+            check_grid(self.efa_grid_size, self.efa_max_frequency, exact_size=True)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["degrees"] = list(self.degrees)
+        if self.efa_layers is not None:
+            d["efa_layers"] = list(self.efa_layers)  # YAML/JSON friendly, like degrees
         return d
 
     @classmethod
