@@ -1,0 +1,49 @@
+"""Molecular dynamics with So3krates models: a JAX-native engine (jax-md style) and ASE drivers.
+
+* :mod:`so3krates.md.integrators`: ``velocity_verlet``, ``baoab_langevin``, ``bussi`` →
+  ``(init_fn, step_fn)`` pure functions on an :class:`MDState`.
+* :mod:`so3krates.md.engine`: :class:`JaxMD`, chunks of steps in one compiled ``lax.while_loop`` with
+  host-side Verlet neighbour lists; :func:`ase_dynamics` for ASE's integrators.
+* :mod:`so3krates.md.neighbours`: neighbour lists with a skin and a fixed, growing capacity.
+* :mod:`so3krates.md.output`: trajectory and energy log, flushed per write.
+
+Units are ASE's throughout: eV, Å, amu, and ``ase.units.fs`` for time.
+"""
+
+from so3krates.md.engine import ENSEMBLES, EngineStats, JaxMD, ase_dynamics, drift_per_atom_per_ps, initial_velocities
+from so3krates.md.integrators import (
+    MDState,
+    baoab_langevin,
+    bussi,
+    kinetic_energy,
+    maxwell_boltzmann,
+    temperature,
+    velocity_verlet,
+)
+from so3krates.md.model import Model, check_elements, load_model
+from so3krates.md.neighbours import Neighbours, SkinNeighbourList
+from so3krates.md.output import EnergyLog, TrajectoryWriter, read_log
+
+__all__ = [
+    "ENSEMBLES",
+    "EnergyLog",
+    "EngineStats",
+    "JaxMD",
+    "MDState",
+    "Model",
+    "Neighbours",
+    "SkinNeighbourList",
+    "TrajectoryWriter",
+    "ase_dynamics",
+    "baoab_langevin",
+    "bussi",
+    "check_elements",
+    "drift_per_atom_per_ps",
+    "initial_velocities",
+    "kinetic_energy",
+    "load_model",
+    "maxwell_boltzmann",
+    "read_log",
+    "temperature",
+    "velocity_verlet",
+]

@@ -1,0 +1,280 @@
+"""MD speed of a paper-size So3krates model: the JAX engine vs ASE's VelocityVerlet with the calculator.
+
+Systems: ethanol (9 atoms, a molecule) and periodic boxes of liquid water at 1 g/cm³ (about 1,000 and
+10,000 atoms). Model: F = 132, 6 layers, degrees {1, 2, 3}, r_cut 5 Å, float32 (the paper's MD17
+setting) with random weights — the cost of a step does not depend on the weights' values. NVE, 0.5 fs,
+neighbour-list skin 0.5 Å, radial filters tabulated (the calculator's and engine's default).
+
+Each (system, engine) case runs in its own subprocess so that its peak memory (``ru_maxrss``) is its
+own. A case: build, one warm-up step (jit compilation, timed separately), then ``steps`` timed steps.
+Reported: steps/s, ns/day at 0.5 fs, compile time, peak resident memory, neighbour-list builds.
+
+    python benchmarks/md_speed.py                           # all cases → benchmarks/results/md_speed.json
+    python benchmarks/md_speed.py --systems ethanol water1000 --engines jax
+    python benchmarks/md_speed.py --markdown                # also (re)write the table in docs/md.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "md_speed.json"
+DOC = ROOT / "docs" / "md.md"
+TIMESTEP_FS = 0.5
+SYSTEMS = {"ethanol": 9, "water1000": 1000, "water10000": 10000}
+# Timed steps per engine: fewer for the big box (one step of 10k atoms takes tens of seconds on a CPU).
+STEPS = {"ethanol": {"jax": 2000, "ase": 200}, "water1000": {"jax": 10, "ase": 10}, "water10000": {"jax": 3, "ase": 3}}
+TABLE_START = "<!-- md_speed table start -->"
+TABLE_END = "<!-- md_speed table end -->"
+
+
+def water_box(n_atoms: int, seed: int = 0):  # noqa: ANN201 (ase.Atoms)
+    """Periodic cubic box of ``n_atoms // 3`` randomly oriented rigid waters at 1 g/cm³ (29.9 Å³ each),
+    on random sites of a cubic grid (no overlaps: the grid spacing is ≥ 3 Å)."""
+    from ase import Atoms
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    n_mol = n_atoms // 3
+    side = (n_mol * 29.9) ** (1 / 3)
+    m = int(np.ceil(n_mol ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(m)] * 3, indexing="ij"), -1).reshape(-1, 3) * (side / m)
+    centres = grid[rng.choice(len(grid), n_mol, replace=False)]
+    local = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [0.96 * np.cos(1.824), 0.96 * np.sin(1.824), 0.0]])
+    rotations = Rotation.random(n_mol, random_state=seed).as_matrix()
+    positions = (centres[:, None, :] + np.einsum("mij,aj->mai", rotations, local)).reshape(-1, 3)
+    return Atoms(np.tile([8, 1, 1], n_mol), positions=positions, cell=np.eye(3) * side, pbc=True)
+
+
+def structure(name: str):  # noqa: ANN201
+    from ase.build import molecule
+
+    return molecule("CH3CH2OH") if name == "ethanol" else water_box(SYSTEMS[name])
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_case(system: str, engine: str, steps: int, seed: int = 0) -> dict[str, Any]:
+    """One (system, engine) case in this process; returns its numbers."""
+    import jax
+
+    from so3krates.calculator import So3kratesCalculator
+    from so3krates.md import JaxMD, Model, ase_dynamics, initial_velocities
+    from so3krates.md.testing import random_model
+    from so3krates.model.config import ModelConfig
+
+    config = ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), r_cut=5.0, dtype="float32")
+    potential, variables = random_model(config, seed=seed)
+    # Random weights give atomic energies of a few eV; keep the scale physical-ish so that 0.5 fs steps
+    # do not blow the box apart within the few timed steps (speed does not depend on it).
+    variables["normalization"]["scale"] = variables["normalization"]["scale"] * 0.05
+    model = Model(potential, variables, None)
+    atoms = structure(system)
+    initial_velocities(atoms, 300.0, seed=seed)
+    n_atoms = len(atoms)
+
+    result: dict[str, Any] = {"system": system, "engine": engine, "atoms": n_atoms}
+    start = time.perf_counter()
+    if engine == "jax":
+        md = JaxMD(model, atoms, "nve", timestep_fs=TIMESTEP_FS, skin=0.5)
+        # XLA's own account of the compiled chunk's buffers, before running it: a case that cannot fit
+        # in the memory this machine has left is reported, not attempted (the machine is shared).
+        compiled = md._chunk.lower(md.state, md.neighbours, np.int32(1), md._params).compile()
+        analysis = compiled.memory_analysis()
+        need = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes)
+        result.update(
+            compiled_temp_mib=analysis.temp_size_in_bytes / 2**20,
+            compiled_total_mib=need / 2**20,
+            edge_capacity=md.neighbours.capacity,
+            listed_pairs=int(np.asarray(md.neighbours.edge_mask).sum()),
+        )
+        available = available_memory_bytes()
+        if available is not None and need > 0.8 * available:
+            result["skipped"] = (
+                f"needs {need / 2**30:.1f} GiB for one compiled step; "
+                f"the machine has {available / 2**30:.1f} GiB available"
+            )
+            result["peak_rss_mib"] = peak_rss_mib()
+            return result
+        result["aot_compile_s"] = time.perf_counter() - start  # jit reuses this compilation below
+        md.run(1, interval=1)
+        jax.block_until_ready(md.state.positions)
+        compile_s = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        md.run(steps, interval=steps)
+        jax.block_until_ready(md.state.positions)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        builds = md.stats.neighbour_builds + 1
+        energy = md.potential_energy() + md.kinetic_energy()
+    else:
+        atoms.calc = So3kratesCalculator(model=model, skin=0.5)
+        dynamics = ase_dynamics(atoms, "nve", TIMESTEP_FS)
+        dynamics.run(1)
+        compile_s = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        dynamics.run(steps)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        builds = atoms.calc.neighbour_list.builds
+        result.update(
+            edge_capacity=atoms.calc._neighbours.capacity,
+            listed_pairs=int(np.asarray(atoms.calc._neighbours.edge_mask).sum()),
+        )
+        energy = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+    rate = steps / elapsed
+    result.update(
+        steps=steps,
+        seconds=elapsed,
+        steps_per_s=rate,
+        ns_per_day=rate * TIMESTEP_FS * 86400 * 1e-6,
+        ms_per_step=1e3 / rate,
+        cpu_s_per_step=cpu / steps,
+        first_step_s=compile_s,
+        neighbour_builds=builds,
+        peak_rss_mib=peak_rss_mib(),
+        final_total_energy_eV=float(energy),
+    )
+    return result
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def environment() -> dict[str, Any]:
+    import jax
+
+    return {
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.platform(),
+    }
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| system | atoms | engine | timed steps | steps/s | ns/day | wall ms/step | CPU s/step | first step s | "
+        "peak RSS MiB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['system']} | {r['atoms']} | {r['engine']} | – | – | – | – | – | – | {r['skipped']} |")
+            continue
+        lines.append(
+            f"| {r['system']} | {r['atoms']} | {r['engine']} | {r['steps']} | {r['steps_per_s']:.3g} | "
+            f"{r['ns_per_day']:.3g} | {r['ms_per_step']:.4g} | {r['cpu_s_per_step']:.3g} | {r['first_step_s']:.1f} | "
+            f"{r['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_markdown(payload: dict[str, Any]) -> None:
+    env = payload["environment"]
+    block = (
+        f"{TABLE_START}\n"
+        f"Measured {payload['date']} on {env['backend']} ({env['affinity']} cores available, load average "
+        f"{env['load_average_at_start'][0]:.1f} at the start: the machine was shared), with\n"
+        f"`{payload['command']}`:\n\n{markdown_table(payload['results'])}\n{TABLE_END}"
+    )
+    text = DOC.read_text() if DOC.exists() else ""
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        tail = rest.split(TABLE_END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    DOC.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--engines", nargs="+", choices=("jax", "ase"), default=["jax", "ase"])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps for every case (default: per system)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--markdown", action="store_true", help="write the table into docs/md.md")
+    parser.add_argument("--case", nargs=2, metavar=("SYSTEM", "ENGINE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.case:  # child process: one case, JSON on the last line of stdout
+        system, engine = args.case
+        steps = args.steps or STEPS[system][engine]
+        print(json.dumps(run_case(system, engine, steps)))
+        return 0
+
+    results = []
+    payload: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "model": "F=132, 6 layers, degrees (1,2,3), r_cut 5 Å, float32, random weights; NVE 0.5 fs, skin 0.5 Å",
+        "environment": environment(),
+        "results": results,
+    }
+    for system in args.systems:
+        skipped = None
+        for engine in sorted(args.engines, key=lambda e: e != "jax"):  # jax first: it checks the memory
+            if skipped:  # the ASE calculator evaluates the same model on the same padded sizes
+                results.append(
+                    {"system": system, "engine": engine, "atoms": skipped["atoms"], "skipped": skipped["skipped"]}
+                )
+                continue
+            argv = [sys.executable, __file__, "--case", system, engine]
+            if args.steps:
+                argv += ["--steps", str(args.steps)]
+            print(f"{system} / {engine} ...", flush=True)
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                results.append({"system": system, "engine": engine, "error": done.stderr[-500:]})
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            results.append(result)
+            if "skipped" in result:
+                skipped = result
+                print(f"  skipped: {result['skipped']}", flush=True)
+            else:
+                print(
+                    f"  {result['atoms']} atoms: {result['steps_per_s']:.3g} steps/s, "
+                    f"{result['ns_per_day']:.3g} ns/day, "
+                    f"first step {result['first_step_s']:.1f} s, peak {result['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+            # Written after every case, so a long run that is stopped keeps what it measured.
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    if args.markdown:
+        payload["results"] = [r for r in results if "error" not in r]
+        payload["environment"]["memory_gib"] = (available_memory_bytes() or 0) / 2**30
+        write_markdown(payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

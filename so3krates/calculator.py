@@ -1,0 +1,205 @@
+"""ASE calculator for a trained So3krates model: energy, forces and (periodic systems) stress in eV and Å.
+
+The model works in eV and Å whatever units the training data came in, so the results need no
+conversion. Between calls the calculator keeps
+
+* a Verlet neighbour list built with ``r_cut + skin`` and reused until an atom moved more than
+  ``skin / 2`` (see :mod:`so3krates.md.neighbours` for why the extra pairs are exactly harmless), and
+* fixed padded sizes (atoms, and edges bucketed with headroom), so an MD run or a relaxation compiles
+  the model once; the edge capacity only grows, and only when a rebuild no longer fits.
+
+A change of atomic numbers, cell or pbc rebuilds everything and validates the structure again
+(:func:`~so3krates.graph.check_structure`: finite coordinates, no overlapping atoms, a non-degenerate
+periodic cell) and its elements (only those the model was trained on).
+
+Example::
+
+    atoms.calc = So3kratesCalculator("runs/ethanol")
+    atoms.get_potential_energy(), atoms.get_forces()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from so3krates.graph import Batch, check_structure
+from so3krates.md.model import (
+    Model,
+    load_model,
+    padded_atoms,
+    predict_kwargs,
+    radial_table,
+    template_batch,
+    with_neighbours,
+)
+from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
+from so3krates.potential import Potential, Variables
+
+
+class So3kratesCalculator(Calculator):
+    """ASE calculator for a So3krates model.
+
+    Args:
+        model_dir: a trained run directory (see ``so3krates train``); or use :meth:`from_potential`.
+        skin: neighbour-list skin in Å (list radius r_cut + skin, rebuilt after a move of skin / 2).
+        headroom: edge capacity = bucket(headroom · pairs); larger means fewer recompilations when the
+            density fluctuates, smaller means less padding work.
+        model: an already loaded :class:`~so3krates.md.model.Model` instead of ``model_dir``.
+        tabulate: evaluate the radial filters from an interpolation table (same function to ~1e-7
+            relative, faster); False runs the exact MLPs.
+        **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Attributes:
+        neighbour_list: the current :class:`~so3krates.md.neighbours.SkinNeighbourList` (``builds``
+            counts neighbour-list builds).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        skin: float = 0.5,
+        headroom: float = 1.25,
+        model: Model | None = None,
+        tabulate: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (model_dir is None) == (model is None):
+            raise ValueError("give either model_dir or model (see So3kratesCalculator.from_potential)")
+        self.model = model if model is not None else load_model(model_dir)
+        if skin < 0:
+            raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
+        self.skin = float(skin)
+        self.headroom = float(headroom)
+        self._predict_kwargs = predict_kwargs(radial_table(self.potential, self.variables, tabulate))
+        self.neighbour_list: SkinNeighbourList | None = None
+        self._neighbours: Neighbours | None = None
+        self._template: Batch | None = None
+        self._key: tuple[bytes, bytes, bytes] | None = None  # numbers, cell, pbc of the template
+        # Stress costs a strain derivative; once asked for (a cell relaxation), keep computing it so
+        # get_forces() and get_stress() on the same positions need only one model call.
+        self._with_stress = False
+
+    @classmethod
+    def from_potential(
+        cls,
+        potential: Potential,
+        variables: Variables,
+        elements: Sequence[int] | None = None,
+        skin: float = 0.5,
+        **kwargs: Any,
+    ) -> So3kratesCalculator:
+        """A calculator for an in-memory model; ``elements``: atomic numbers it may be used for (None: any)."""
+        elements = None if elements is None else tuple(sorted({int(z) for z in elements}))
+        return cls(model=Model(potential, variables, elements), skin=skin, **kwargs)
+
+    @property
+    def potential(self) -> Potential:
+        return self.model.potential
+
+    @property
+    def variables(self) -> Variables:
+        return self.model.variables
+
+    @property
+    def elements(self) -> tuple[int, ...] | None:
+        return self.model.elements
+
+    # -- ASE interface --------------------------------------------------------------------------
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(np.any(atoms.pbc))
+        if "stress" in properties:
+            if not periodic:
+                raise PropertyNotImplementedError(
+                    "stress is only defined for periodic systems (this structure has pbc = False in every "
+                    "direction, so there is no cell volume to divide by)"
+                )
+            self._with_stress = True
+        compute_stress = self._with_stress and periodic
+
+        batch = self._batch(atoms)
+        out = self.potential.energy_forces(self.variables, batch, compute_stress=compute_stress, **self._predict_kwargs)
+        n = len(atoms)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,  # no electronic entropy in a force field
+            "forces": np.asarray(out["forces"][:n], dtype=np.float64),
+        }
+        if compute_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out["stress"][0], dtype=np.float64))
+
+    # -- neighbour list and padded batch ---------------------------------------------------------
+    def _batch(self, atoms: Atoms) -> Batch:
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        numbers = np.asarray(atoms.numbers, dtype=np.int32)
+        cell = np.asarray(atoms.cell, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        key = (numbers.tobytes(), cell.tobytes(), pbc.tobytes())
+        if self._template is None or key != self._key:
+            self._rebuild(positions, numbers, cell, pbc, new_system=True)
+            self._key = key
+        elif self.neighbour_list.needs_rebuild(positions, self._neighbours):
+            self._rebuild(positions, numbers, cell, pbc, new_system=False)
+        elif not np.isfinite(positions).all():
+            check_structure(positions, numbers, cell, pbc)  # raises, naming the atom
+        padded = np.zeros((self._template.positions.shape[0], 3))
+        padded[: len(positions)] = positions
+        return self._template.replace(positions=padded)
+
+    def _rebuild(
+        self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, new_system: bool
+    ) -> None:
+        same_atoms = (
+            self.neighbour_list is not None
+            and self._template is not None
+            and (
+                np.array_equal(self._template.numbers[: len(numbers)], numbers)
+                and len(numbers) == int(self._template.node_mask.sum())
+                and np.array_equal(self._template.pbc[0], pbc)
+            )
+        )
+        if not same_atoms:
+            # New atoms or pbc: the full validation (coordinates, elements, cell, overlapping atoms).
+            check_structure(positions, numbers, cell, pbc)
+            self.model.check_elements(numbers)
+            n_padded = padded_atoms(len(numbers))
+            if self.neighbour_list is None or self.neighbour_list.pad_atom != n_padded - 1:
+                self.neighbour_list = SkinNeighbourList(
+                    self.potential.config.r_cut, self.skin, self.headroom, n_padded - 1
+                )
+            # Otherwise (same atom count, e.g. the next frame of a trajectory) the capacity is kept, so
+            # the compiled model is reused when the new edges fit.
+        else:
+            # The same atoms moved or got a new cell (MD, a cell relaxation): cheap checks here, and the
+            # overlap check below on the list just built instead of a second neighbour search.
+            if not np.isfinite(positions).all() or (pbc.any() and not np.isfinite(cell).all()):
+                check_structure(positions, numbers, cell, pbc)  # raises, naming the atom
+            if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
+                check_structure(positions, numbers, cell, pbc)  # raises: zero-volume cell
+        neighbours = self.neighbour_list.build(positions, cell, pbc)
+        if same_atoms:
+            check_close_pairs(positions, cell, neighbours)
+        if new_system or neighbours.capacity != self._template.edge_i.shape[0]:
+            self._template = template_batch(
+                positions, numbers, cell, pbc, neighbours, all_pairs=self.potential.config.nonlocal_correction
+            )
+        else:
+            self._template = with_neighbours(self._template, neighbours)
+        self._neighbours = neighbours

@@ -1,0 +1,354 @@
+"""JAX-native MD driver: many integrator steps per compiled call, neighbour lists rebuilt on the host.
+
+One call of the compiled *chunk* runs up to K steps in a ``lax.while_loop``. After every step it checks
+that no atom has moved more than ``skin / 2`` from where the neighbour list was built; a step that
+would break this is rejected inside the loop (the state stays at the last valid step) and the chunk
+returns early. The host then rebuilds the list with vesin at the current positions — growing the
+padded edge capacity if the new list does not fit (one recompilation) — and carries on. So every
+force is computed with a complete list: neighbours are never lost silently. A rejected step is
+repeated with the same random numbers, so a trajectory does not depend on when lists are rebuilt.
+
+Example::
+
+    md = JaxMD(model, atoms, ensemble="langevin", timestep_fs=0.5, temperature_K=300)
+    md.run(10_000, interval=100, callback=lambda md: print(md.step, md.temperature()))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from so3krates.graph import check_structure
+from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
+from so3krates.md.model import Model, energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
+from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
+
+ENSEMBLES = ("nve", "langevin", "nvt")
+
+# Status codes of a chunk.
+_OK, _REBUILD, _NOT_FINITE = 0, 1, 2
+
+
+@dataclass
+class EngineStats:
+    """Book-keeping of a run: neighbour-list builds, capacity growths, chunk calls, rejected steps."""
+
+    neighbour_builds: int = 0
+    capacity_grows: int = 0
+    chunks: int = 0
+    rejected_steps: int = 0
+
+
+class JaxMD:
+    """Molecular dynamics of one structure with a So3krates model, integrated entirely in JAX.
+
+    Args:
+        model: the potential, its variables and known elements (:func:`so3krates.md.model.load_model`).
+        atoms: initial structure; its momenta (``atoms.get_momenta()``) are the initial momenta, so
+            set them first (e.g. :func:`initial_velocities`). The cell is fixed during the run.
+        ensemble: "nve" (velocity Verlet), "langevin" (BAOAB) or "nvt" (Bussi velocity rescaling).
+        timestep_fs: time step (fs).
+        temperature_K: bath temperature for "langevin" and "nvt".
+        friction_per_ps: Langevin friction γ (1/ps).
+        taut_fs: Bussi coupling time τ (fs).
+        skin: neighbour-list skin (Å).
+        headroom: edge capacity = bucket(headroom · pairs).
+        seed: PRNG seed of the thermostats.
+        tabulate: use the radial-filter interpolation table (faster, ~1e-7 relative).
+        dtype: dtype of positions and momenta; default the model's.
+
+    Attributes:
+        state: the current :class:`~so3krates.md.integrators.MDState` (on the device).
+        neighbours: the current :class:`~so3krates.md.neighbours.Neighbours` (on the device).
+        stats: :class:`EngineStats`.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        atoms: Atoms,
+        ensemble: str = "nve",
+        timestep_fs: float = 0.5,
+        temperature_K: float = 300.0,
+        friction_per_ps: float = 10.0,
+        taut_fs: float = 100.0,
+        skin: float = 0.5,
+        headroom: float = 1.25,
+        seed: int = 0,
+        tabulate: bool = True,
+        dtype: Any = None,
+    ) -> None:
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+        if timestep_fs <= 0:
+            raise ValueError(f"timestep must be positive, got {timestep_fs} fs")
+        if atoms.constraints:
+            names = ", ".join(type(c).__name__ for c in atoms.constraints)
+            raise ValueError(
+                f"the JAX engine does not apply constraints ({names}); "
+                "use the ASE engine (ase_dynamics with So3kratesCalculator, or so3krates md --engine ase)"
+            )
+        if ensemble != "nve" and temperature_K <= 0:
+            raise ValueError(f"{ensemble} needs a positive temperature, got {temperature_K} K")
+        positions = np.asarray(atoms.positions, np.float64)
+        numbers = np.asarray(atoms.numbers, np.int32)
+        self.cell = np.asarray(atoms.cell, np.float64)
+        self.pbc = np.asarray(atoms.pbc, bool)
+        check_structure(positions, numbers, self.cell, self.pbc)
+        model.check_elements(numbers)
+
+        self.model = model
+        self.atoms_template = atoms.copy()
+        self.atoms_template.calc = None
+        self.ensemble = ensemble
+        self.timestep_fs = float(timestep_fs)
+        self.temperature_K = float(temperature_K)
+        self.n_atoms = len(numbers)
+        self.stats = EngineStats()
+        self.dtype = jnp.dtype(dtype or model.potential.config.dtype)
+
+        self.neighbour_list = SkinNeighbourList(model.r_cut, skin, headroom, padded_atoms(self.n_atoms) - 1)
+        host_neighbours = self.neighbour_list.build(positions, self.cell, self.pbc)
+        self._template_host = template_batch(
+            positions,
+            numbers,
+            self.cell,
+            self.pbc,
+            host_neighbours,
+            all_pairs=model.potential.config.nonlocal_correction,
+        )
+        self._params = {
+            "variables": model.variables,
+            "template": jax.device_put(self._template_host),
+            "radial_table": radial_table(model.potential, model.variables, tabulate),
+        }
+        self.neighbours = self._to_device(host_neighbours)
+
+        fn = _skip_when_stale(energy_forces_fn(model.potential, self.n_atoms), 0.5 * float(skin))
+        dt = self.timestep_fs * units.fs
+        if ensemble == "nve":
+            _, self._step_fn = velocity_verlet(fn, dt)
+        elif ensemble == "langevin":
+            _, self._step_fn = baoab_langevin(fn, dt, temperature_K, friction_per_ps / (1000.0 * units.fs))
+        else:
+            _, self._step_fn = bussi(fn, dt, temperature_K, taut_fs * units.fs)
+            if np.allclose(atoms.get_momenta(), 0.0):
+                raise ValueError("the Bussi thermostat rescales velocities: set initial velocities first")
+
+        # Initial forces through the potential's own jitted entry point rather than the integrator's
+        # init_fn: the same padded shapes as the calculator's, so its compiled function is reused.
+        batch = self._template_host.replace(positions=self._template_host.positions.copy())
+        batch.positions[: self.n_atoms] = positions
+        initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
+        self.state = MDState(
+            positions=jnp.asarray(positions, self.dtype),
+            momenta=jnp.asarray(atoms.get_momenta(), self.dtype),
+            forces=jnp.asarray(initial["forces"][: self.n_atoms], self.dtype),
+            masses=jnp.asarray(atoms.get_masses(), self.dtype),
+            energy=jnp.asarray(initial["energy"][0], self.dtype),
+            key=jax.random.PRNGKey(seed),
+            step=jnp.zeros((), jnp.int32),
+        )
+        # One compiled chunk per potential and integrator settings, kept on the potential (so it lives
+        # as long as the model): a second run with the same settings — another structure of the same
+        # size, new weights of the same shapes — reuses the compiled program instead of recompiling.
+        key = (self.n_atoms, ensemble, float(dt), float(temperature_K), float(friction_per_ps), float(taut_fs))
+        key += (float(skin), str(self.dtype))
+        cache = model.potential.__dict__.setdefault("_md_chunks", {})
+        if key not in cache:
+            cache[key] = jax.jit(self._make_chunk(0.5 * float(skin)))
+        self._chunk = cache[key]
+
+    # -- the compiled chunk ----------------------------------------------------------------------
+    def _make_chunk(self, max_move: float) -> Callable[..., tuple[MDState, jax.Array, jax.Array, jax.Array]]:
+        step_fn = self._step_fn
+        limit = max_move * max_move
+
+        def chunk(
+            state: MDState, neighbours: Neighbours, n_steps: jax.Array, params: dict[str, Any]
+        ) -> tuple[MDState, jax.Array, jax.Array, jax.Array]:
+            """Up to ``n_steps`` steps; returns (state, steps taken, status, positions of the last proposal)."""
+
+            def cond(carry: tuple) -> jax.Array:
+                i, _, status, _ = carry
+                return (i < n_steps) & (status == _OK)
+
+            def body(carry: tuple) -> tuple:
+                i, current, _, _ = carry
+                proposed = step_fn(current, neighbours, **params)
+                moved = jnp.max(jnp.sum((proposed.positions - neighbours.reference) ** 2, axis=-1))
+                finite = jnp.isfinite(proposed.energy) & jnp.all(jnp.isfinite(proposed.positions))
+                status = jnp.where(~finite, _NOT_FINITE, jnp.where(moved > limit, _REBUILD, _OK)).astype(jnp.int32)
+                # Keep the step only if its forces were computed with a complete neighbour list.
+                accept = status == _OK
+                new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), proposed, current)
+                return i + accept.astype(i.dtype), new, status, proposed.positions
+
+            init = (jnp.zeros((), jnp.int32), state, jnp.int32(_OK), state.positions)
+            i, state, status, proposal = jax.lax.while_loop(cond, body, init)
+            return state, i, status, proposal
+
+        return chunk
+
+    def _to_device(self, neighbours: Neighbours) -> Neighbours:
+        return jax.device_put(neighbours.replace(reference=np.asarray(neighbours.reference, self.dtype)))
+
+    def _rebuild(self, positions: np.ndarray) -> None:
+        positions = np.asarray(positions, np.float64)
+        capacity = self.neighbour_list.capacity
+        host = self.neighbour_list.build(positions, self.cell, self.pbc)
+        check_close_pairs(positions, self.cell, host, where=f"MD step {self.step + 1}")
+        if host.capacity != capacity:  # grown: the template's padded edge count must follow (recompiles)
+            self._template_host = self._template_host.replace(
+                edge_i=host.edge_i, edge_j=host.edge_j, edge_shift=host.edge_shift, edge_mask=host.edge_mask
+            )
+            self._params["template"] = jax.device_put(self._template_host)
+            self.stats.capacity_grows += 1
+        self.neighbours = self._to_device(host)
+        self.stats.neighbour_builds += 1
+
+    # -- running -----------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def run(self, steps: int, interval: int = 100, callback: Callable[[JaxMD], Any] | None = None) -> MDState:
+        """Take ``steps`` steps; call ``callback(self)`` whenever the step count is a multiple of ``interval``.
+
+        Chunks end on multiples of ``interval`` (and early for a neighbour-list rebuild), so the
+        callback sees every such step. Raises ``FloatingPointError`` if the dynamics blow up and
+        ``RuntimeError`` if an atom moves more than skin / 2 in a single step.
+        """
+        if interval < 1:
+            raise ValueError(f"interval must be ≥ 1, got {interval}")
+        target = self.step + int(steps)
+        stuck = 0
+        while self.step < target:
+            n = min(interval - self.step % interval, target - self.step)
+            state, taken, status, proposal = self._chunk(self.state, self.neighbours, jnp.int32(n), self._params)
+            taken, status = int(taken), int(status)
+            self.state = state
+            self.stats.chunks += 1
+            if status == _NOT_FINITE:
+                raise FloatingPointError(
+                    f"non-finite energy or positions after step {self.step + 1}: the dynamics blew up "
+                    "(time step too large, or the model is outside its training data)"
+                )
+            if status == _REBUILD:
+                self.stats.rejected_steps += 1
+                stuck = stuck + 1 if taken == 0 else 0
+                if stuck > 1:  # two rejections with no step between: cannot happen for a deterministic step
+                    raise RuntimeError(f"step {self.step + 1} keeps outrunning its fresh neighbour list")
+                # The rejected step's positions depend only on the old forces (and its random numbers,
+                # which the repeated step draws again), so a list built there is exact for the repeat.
+                self._rebuild(np.asarray(proposal))
+            else:
+                stuck = 0
+            if taken and self.step % interval == 0 and callback is not None:
+                callback(self)
+        return self.state
+
+    # -- observables -------------------------------------------------------------------------------
+    def potential_energy(self) -> float:
+        return float(self.state.energy)
+
+    def kinetic_energy(self) -> float:
+        return float(kinetic_energy(self.state.momenta, self.state.masses))
+
+    def temperature(self) -> float:
+        """Instantaneous temperature with 3n degrees of freedom (ASE's convention), K."""
+        return 2.0 * self.kinetic_energy() / (3 * self.n_atoms * units.kB)
+
+    def time_ps(self) -> float:
+        return self.step * self.timestep_fs / 1000.0
+
+    def atoms(self) -> Atoms:
+        """The current structure as ``ase.Atoms`` with momenta, energy and forces attached."""
+        state = jax.device_get(self.state)
+        atoms = self.atoms_template.copy()
+        atoms.positions = np.asarray(state.positions, np.float64)
+        atoms.set_momenta(np.asarray(state.momenta, np.float64), apply_constraint=False)
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(state.energy), forces=np.asarray(state.forces, np.float64)
+        )
+        return atoms
+
+
+def _skip_when_stale(fn: Callable[..., tuple[jax.Array, jax.Array]], max_move: float) -> Callable:
+    """``fn`` that does not evaluate the model at positions its neighbour list no longer covers.
+
+    The chunk rejects such a step anyway (same criterion, same numbers), so its forces are never used;
+    ``lax.cond`` runs only the taken branch, which saves the model call of every rejected step.
+    """
+    limit = max_move * max_move
+
+    def guarded(positions: jax.Array, neighbours: Neighbours, **params: Any) -> tuple[jax.Array, jax.Array]:
+        moved = jnp.max(jnp.sum((positions - neighbours.reference) ** 2, axis=-1))
+
+        def skipped() -> tuple[jax.Array, jax.Array]:
+            energy, forces = jax.eval_shape(lambda: fn(positions, neighbours, **params))
+            return jnp.zeros(energy.shape, energy.dtype), jnp.zeros(forces.shape, forces.dtype)
+
+        return jax.lax.cond(moved > limit, skipped, lambda: fn(positions, neighbours, **params))
+
+    return guarded
+
+
+def initial_velocities(atoms: Atoms, temperature_K: float, seed: int = 0) -> None:
+    """Maxwell–Boltzmann momenta at ``temperature_K`` with zero total momentum (in place, via ASE)."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    if temperature_K <= 0:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
+    thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+
+
+def ase_dynamics(
+    atoms: Atoms,
+    ensemble: str = "nve",
+    timestep_fs: float = 0.5,
+    temperature_K: float = 300.0,
+    friction_per_ps: float = 10.0,
+    taut_fs: float = 100.0,
+    seed: int = 0,
+) -> Any:
+    """The ASE integrator of an ensemble: VelocityVerlet (nve), Langevin (langevin) or Bussi (nvt).
+
+    ``atoms`` must already carry a calculator (e.g. :class:`so3krates.calculator.So3kratesCalculator`).
+    """
+    from ase.md.bussi import Bussi
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+
+    dt = timestep_fs * units.fs
+    rng = np.random.default_rng(seed)
+    if ensemble == "nve":
+        return VelocityVerlet(atoms, dt)
+    if ensemble == "langevin":
+        # fixcm=False: ASE's fixcm=True does not sample NVT exactly (ASE ≥ 3.28 warns about it).
+        return Langevin(
+            atoms, dt, temperature_K=temperature_K, friction=friction_per_ps / (1000.0 * units.fs), fixcm=False, rng=rng
+        )
+    if ensemble == "nvt":
+        return Bussi(atoms, dt, temperature_K=temperature_K, taut=taut_fs * units.fs, rng=rng)
+    raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+
+
+def drift_per_atom_per_ps(times_ps: np.ndarray, total_energies: np.ndarray, n_atoms: int) -> float:
+    """Slope of a least-squares line through the total energy, per atom (eV / atom / ps)."""
+    times_ps = np.asarray(times_ps, np.float64)
+    if len(times_ps) < 2 or math.isclose(float(np.ptp(times_ps)), 0.0):
+        return 0.0
+    slope = np.polyfit(times_ps, np.asarray(total_energies, np.float64), 1)[0]
+    return float(slope) / n_atoms

@@ -1,0 +1,199 @@
+"""The ASE calculator: exact derivatives, symmetry, neighbour-list reuse, no recompilation, bad input.
+
+Precision: tests/conftest.py enables float64 in JAX and the model here is float64, so forces and
+stress can be compared with central finite differences of the energy to ~1e-7 (the O(h²) truncation
+error at h = 1e-4 Å, not float32 rounding), and a reused neighbour list must give the same numbers as
+a fresh one to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.md.verlet import VelocityVerlet
+from ase.units import fs
+from scipy.spatial.transform import Rotation
+
+from so3krates.calculator import So3kratesCalculator
+from so3krates.md import JaxMD, Model, initial_velocities
+from so3krates.md.testing import emt_loaded_model, emt_model, emt_run_dir, emt_structure
+
+
+@pytest.fixture(scope="module")
+def trained() -> Model:
+    return emt_loaded_model()
+
+
+def calculator(trained: Model, **kwargs) -> So3kratesCalculator:
+    return So3kratesCalculator(model=trained, **kwargs)
+
+
+def ethanol() -> Atoms:
+    return emt_structure("CH3CH2OH")
+
+
+def two_ethanols() -> Atoms:
+    """Two molecules 6 Å apart: some pairs beyond r_cut = 5 Å, some within the skin band beyond it."""
+    first, second = ethanol(), ethanol()
+    second.positions += [6.0, 0.0, 0.0]
+    return first + second
+
+
+def periodic_ethanol() -> Atoms:
+    """Ethanol in a small triclinic cell: periodic images within r_cut, non-orthogonal shifts."""
+    atoms = ethanol()
+    atoms.cell = [[6.5, 0.0, 0.0], [0.8, 6.8, 0.0], [0.5, -0.6, 7.0]]
+    atoms.pbc = True
+    atoms.positions += 1.0
+    return atoms
+
+
+def test_forces_are_minus_the_energy_gradient(trained):
+    atoms = ethanol()
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = calculator(trained)
+    forces = atoms.get_forces()
+    numerical = calculate_numerical_forces(atoms, eps=1e-4)
+    np.testing.assert_allclose(forces, numerical, atol=1e-6)
+    assert np.abs(forces).max() > 1e-2  # not trivially zero
+
+
+def test_periodic_forces_and_stress_match_finite_differences(trained):
+    atoms = periodic_ethanol()
+    atoms.calc = calculator(trained)
+    stress = atoms.get_stress()
+    np.testing.assert_allclose(stress, calculate_numerical_stress(atoms, eps=1e-5), atol=1e-7)
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-6)
+    assert np.abs(stress).max() > 1e-5
+    assert atoms.get_potential_energy() == atoms.calc.results["free_energy"]
+
+
+def test_stress_of_a_molecule_is_refused(trained):
+    atoms = ethanol()
+    atoms.calc = calculator(trained)
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_stress()
+    assert np.isfinite(atoms.get_potential_energy())  # energy and forces still work
+
+
+def test_rotated_copy_has_the_same_energy_and_rotated_forces(trained):
+    atoms = ethanol()
+    atoms.calc = calculator(trained)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    rotation = Rotation.random(random_state=3).as_matrix()
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rotation.T + [1.0, -2.0, 0.5]
+    rotated.calc = calculator(trained)
+    assert rotated.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(rotated.get_forces(), forces @ rotation.T, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [two_ethanols, periodic_ethanol])
+def test_reused_neighbour_list_gives_the_same_results_as_a_fresh_one(trained, make):
+    """Edges in the skin (r_cut < r < r_cut + skin) add exact zeros: the cosine cutoff is 0 there."""
+    atoms = make()
+    skin_calc = calculator(trained, skin=1.0)
+    rng = np.random.default_rng(0)
+    start = atoms.positions.copy()
+    skin_calc.get_potential_energy(atoms)  # the list is built here, at ``start``
+    exact = calculator(trained, skin=0.0)  # rebuilt at every new position: exactly the pairs within r_cut
+    for _ in range(5):
+        atoms.positions = start + rng.uniform(-0.2, 0.2, start.shape)  # each atom < 0.35 Å < skin / 2
+        reused = skin_calc.get_potential_energy(atoms), skin_calc.get_forces(atoms)
+        fresh = exact.get_potential_energy(atoms), exact.get_forces(atoms)
+        assert reused[0] == pytest.approx(fresh[0], abs=1e-12)
+        np.testing.assert_allclose(reused[1], fresh[1], atol=1e-12)
+    assert skin_calc.neighbour_list.builds == 1  # reused throughout
+    # ... and the reused list really held extra pairs beyond r_cut.
+    assert skin_calc._neighbours.edge_mask.sum() > exact._neighbours.edge_mask.sum()
+
+    atoms.positions = start + [0.6, 0.0, 0.0]  # a shift > skin / 2: rebuild
+    skin_calc.get_potential_energy(atoms)
+    assert skin_calc.neighbour_list.builds == 2
+
+
+def test_a_new_cell_rebuilds_and_matches_a_fresh_calculator(trained):
+    atoms = periodic_ethanol()
+    calc = calculator(trained)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.set_cell(atoms.cell * 1.03, scale_atoms=True)
+    energy = atoms.get_potential_energy()
+    assert calc.neighbour_list.builds == 2
+    fresh = atoms.copy()
+    fresh.calc = calculator(trained)
+    assert energy == pytest.approx(fresh.get_potential_energy(), abs=1e-12)
+
+
+def test_no_recompilation_during_md(trained):
+    potential = trained.potential
+    # ASE's velocity Verlet through the calculator.
+    atoms = periodic_ethanol()
+    initial_velocities(atoms, 500.0, seed=0)
+    atoms.calc = calculator(trained, skin=0.2)
+    dynamics = VelocityVerlet(atoms, 0.5 * fs)
+    dynamics.run(1)
+    compiled = potential._energy_forces._cache_size()
+    dynamics.run(50)
+    assert atoms.calc.neighbour_list.builds > 1  # the list was rebuilt ...
+    assert potential._energy_forces._cache_size() == compiled  # ... without a new compilation
+
+    # The JAX engine: one compiled chunk for the whole run, rebuilds included.
+    atoms = periodic_ethanol()
+    initial_velocities(atoms, 500.0, seed=0)
+    md = JaxMD(trained, atoms, timestep_fs=0.5, skin=0.2)
+    md.run(1, interval=1)
+    chunk_compiled = md._chunk._cache_size()
+    md.run(50, interval=5)
+    assert md.stats.neighbour_builds > 0
+    assert md._chunk._cache_size() == chunk_compiled
+
+
+def test_unknown_element_is_refused(trained):
+    atoms = ethanol()
+    atoms.numbers[0] = 7  # nitrogen: not in the EMT ethanol training data (H, C, O)
+    atoms.calc = calculator(trained)
+    with pytest.raises(ValueError, match=r"N \(Z=7\).*not trained on"):
+        atoms.get_potential_energy()
+    with pytest.raises(ValueError, match="not trained on"):
+        JaxMD(trained, atoms)
+
+
+def test_invalid_structures_are_refused(trained):
+    atoms = ethanol()
+    atoms.positions[1] = atoms.positions[0] + 0.01
+    atoms.calc = calculator(trained)
+    with pytest.raises(ValueError, match="overlapping"):
+        atoms.get_potential_energy()
+    atoms = ethanol()
+    atoms.calc = calculator(trained)
+    atoms.get_potential_energy()
+    atoms.positions[2, 0] = np.nan  # on a reused neighbour list too
+    with pytest.raises(ValueError, match="NaN"):
+        atoms.get_potential_energy()
+
+
+def test_run_directory_and_in_memory_model_agree(trained):
+    """``So3kratesCalculator(run_dir)`` holds the trained weights; ``from_potential`` gives the same numbers."""
+    import jax
+
+    potential, variables, elements = emt_model()
+    from_dir = So3kratesCalculator(emt_run_dir())
+    assert from_dir.elements == elements == (1, 6, 8)
+    saved, loaded = jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(from_dir.variables)
+    assert len(saved) == len(loaded) and all(np.array_equal(a, b) for a, b in zip(saved, loaded, strict=True))
+    atoms = ethanol()
+    atoms.rattle(0.05, seed=5)
+    in_memory = So3kratesCalculator.from_potential(from_dir.potential, from_dir.variables, elements)
+    assert from_dir.get_potential_energy(atoms) == in_memory.get_potential_energy(atoms)
+    np.testing.assert_array_equal(from_dir.get_forces(atoms), in_memory.get_forces(atoms))
+
+
+def test_constructor_needs_a_model():
+    with pytest.raises(ValueError, match="model_dir or model"):
+        So3kratesCalculator()
+    with pytest.raises(FileNotFoundError):
+        So3kratesCalculator("/nonexistent/run")
