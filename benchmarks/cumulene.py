@@ -7,15 +7,17 @@ For each chain length H2C=(C=)_{n-2}CH2, n carbons:
    (``--noise`` Å, a stand-in for thermal motion) for training, plus a rigid torsion scan 0..180° in
    5° steps (no displacement) for the energy profile. SCF settings: the reference module's
    ``CUMULENE_ELECTRONIC_TEMPERATURE`` / ``CUMULENE_MAX_ITERATIONS``.
-2. ``train``: two models with the paper's cumulene architecture (Table 7, Fig. 2: r_cut 2.5 Å, 4 layers,
-   degrees (1,), spherical filters, β = 1, i.e. forces only, energy constant from A.14), one local and
-   one with the non-local correction (eq. 14, κ = 1, p = 6). Width, data and epochs are cut down to fit
-   a shared CPU (see ``--features``, ``--radial-hidden``, ``--max-time``): the paper used F = 128,
-   1k training points and 4k epochs.
+2. ``train``: models with the paper's cumulene architecture (Table 7, Fig. 2: r_cut 2.5 Å, 4 layers,
+   degrees (1,), spherical filters, β = 1, i.e. forces only, energy constant from A.14), by default one
+   local and one with the non-local correction (eq. 14, κ = 1, p = 6); ``--variants efa nonlocal_efa``
+   adds Euclidean fast attention (``global_attention="efa"``, docs/efa.md) to the local / non-local model.
+   Width, data and epochs are cut down to fit a shared CPU (see ``--features``, ``--radial-hidden``,
+   ``--max-time``): the paper used F = 128, 1k training points and 4k epochs.
 3. ``evaluate``: energy of the rigid scan predicted by each model vs xTB; MAE of the profile after
    aligning the constant (mean difference removed), and the figures
-   ``docs/figures/cumulene_profiles.png`` (Fig. 2a), ``cumulene_sphc_pca.png`` (Fig. 3) and
-   ``cumulene_neighbourhood.png`` (Fig. 8).
+   ``docs/figures/cumulene_profiles.png`` (Fig. 2a), ``cumulene_efa_profiles.png`` (with EFA),
+   ``cumulene_sphc_pca.png`` (Fig. 3) and ``cumulene_neighbourhood.png`` (Fig. 8). Variants without a
+   trained model are skipped, and a figure is only written when all the models it needs exist.
 
 Everything goes to ``--work`` (default ``benchmarks/results/runs/cumulene``, not committed); the numbers
 land in ``--work``/results.json. The same steps by CLI for one chain length (the non-local κ and p are
@@ -25,6 +27,7 @@ ModelConfig fields, set through the YAML config's ``model`` section)::
     python benchmarks/cumulene.py train --carbons 9 5 7 3 --max-time 240
     python benchmarks/cumulene.py evaluate --carbons 3 5 7 9
     python benchmarks/cumulene.py all --carbons 9 5 7 3 --max-time 240    # the three in a row
+    python benchmarks/cumulene.py train --carbons 3 9 --variants efa nonlocal_efa --max-time 240
 """
 
 from __future__ import annotations
@@ -43,22 +46,48 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "results" / "runs" / "cumulene"
 FIGURES = ROOT / "docs" / "figures"
 SCAN_ANGLES = np.arange(0.0, 180.0 + 1e-9, 5.0)
-VARIANTS = ("local", "nonlocal")
+VARIANTS = ("local", "nonlocal", "efa", "nonlocal_efa")
+TRAIN_DEFAULT = ("local", "nonlocal")
+# EFA (docs/efa.md, section "Cumulene with EFA"): r_max 13 Å covers the longest chain (C9: 11.8 Å between
+# the end hydrogens of the ideal geometry, plus the 0.02 Å displacements); b_max = 4π needs a Lebedev grid
+# whose safe frequency is ≥ 4π / 0.95: M = 230 (T = 4.67π). θ_max = b_max / r_max = 0.97 / Å.
+EFA_MAX_LENGTH = 13.0
+EFA_MAX_FREQUENCY = 4.0 * math.pi
+EFA_GRID_SIZE = 230
 
 
 # -- configuration ---------------------------------------------------------------------------------------
-def model_config(variant: str, features: int = 32, radial_hidden: int = 32, dtype: str = "float32") -> Any:
+def model_config(
+    variant: str,
+    features: int = 32,
+    radial_hidden: int = 32,
+    dtype: str = "float32",
+    efa_max_length: float = EFA_MAX_LENGTH,
+    efa_max_frequency: float = EFA_MAX_FREQUENCY,
+    efa_grid_size: int = EFA_GRID_SIZE,
+) -> Any:
     """The cumulene model of the paper (Table 7, rows Fig. 2/3) at a reduced width.
 
     Args:
-        variant: "local" (eq. 13) or "nonlocal" (eq. 14 with κ = 1, p = 6, A.2).
+        variant: "local" (eq. 13), "nonlocal" (eq. 14 with κ = 1, p = 6, A.2), "efa" (the local model plus
+            Euclidean fast attention in every layer, ``global_attention="efa"``) or "nonlocal_efa" (both).
         features: F (paper 128).  radial_hidden: hidden width of the radial filter MLP (paper 128; on
             the all-pairs list of the non-local model it dominates the cost, hence smaller here).
+        efa_max_length, efa_max_frequency, efa_grid_size: r_max (Å), b_max and M of the EFA variants
+            (ModelConfig checks b_max against the grid); F_qk = 16 and F_v = 32 are ModelConfig's defaults.
     """
     from so3krates.model.config import ModelConfig
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    efa: dict[str, Any] = {}
+    if variant in ("efa", "nonlocal_efa"):  # the local / non-local configs stay as they were
+        efa = {
+            "global_attention": "efa",
+            "efa_max_length": efa_max_length,
+            "efa_max_frequency": efa_max_frequency,
+            "efa_grid_size": efa_grid_size,
+        }
     return ModelConfig(
         features=features,
         num_layers=4,
@@ -68,9 +97,10 @@ def model_config(variant: str, features: int = 32, radial_hidden: int = 32, dtyp
         radial_hidden=radial_hidden,
         spherical_hidden=32,
         dtype=dtype,
-        nonlocal_correction=variant == "nonlocal",
+        nonlocal_correction=variant in ("nonlocal", "nonlocal_efa"),
         nonlocal_kappa=1.0,
         nonlocal_p=6,
+        **efa,
     )
 
 
@@ -79,8 +109,7 @@ def paths(work: Path, n: int) -> dict[str, Path]:
     return {
         "train": work / f"c{n}_train.extxyz",
         "scan": work / f"c{n}_scan.extxyz",
-        "local": work / f"c{n}_local",
-        "nonlocal": work / f"c{n}_nonlocal",
+        **{variant: work / f"c{n}_{variant}" for variant in VARIANTS},
     }
 
 
@@ -153,7 +182,14 @@ def train_config(data: Path, variant: str, args: argparse.Namespace) -> Any:
         ema_decay=args.ema_decay,
         valid_every=args.valid_every,
         progress=False,
-        model=model_config(variant, args.features, args.radial_hidden),
+        model=model_config(
+            variant,
+            args.features,
+            args.radial_hidden,
+            efa_max_length=args.efa_max_length,
+            efa_max_frequency=args.efa_max_frequency,
+            efa_grid_size=args.efa_grid_size,
+        ),
     )
 
 
@@ -270,24 +306,39 @@ def profile_metrics(angles: np.ndarray, reference: np.ndarray, predicted: np.nda
     }
 
 
-def evaluate(carbons: Sequence[int], work: Path) -> dict[str, Any]:
-    """Profiles, metrics and figures for every chain length with trained models."""
+def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict[str, Any]:
+    """Profiles, metrics and figures for every chain length and every variant that has a trained model.
+
+    Variants without a trained model are skipped with a message. A figure is only (re)written when every
+    model it needs is there, so a partial evaluation never overwrites a committed figure with less:
+    ``cumulene_profiles.png`` (Fig. 2a) needs the local and the non-local model of every chain evaluated,
+    ``cumulene_efa_profiles.png`` is written when any EFA model exists (with whatever variants exist), and
+    the Fig. 3 / Fig. 8 figures need the non-local model of ``figures_chain`` carbons.
+    """
     import jax
 
     from so3krates import run_dir as rd
     from so3krates.run_dir import load_model
 
-    results: dict[str, Any] = {"chains": {}}
+    results: dict[str, Any] = {"chains": {}, "reference": {}, "skipped": []}
     profiles: dict[int, dict[str, np.ndarray]] = {}
     for n in carbons:
         p = paths(work, n)
         if not p["scan"].exists():
+            print(f"C{n}: no rigid scan at {p['scan']}, skipped", flush=True)
             continue
         frames, angles, reference = read_scan(p["scan"])
+        results["reference"][str(n)] = {
+            "barrier_meV": 1e3 * float(np.ptp(reference)),
+            "min_deg": float(angles[np.argmin(reference)]),
+            "flat_profile_mae_meV": 1e3 * float(np.mean(np.abs(reference - reference.mean()))),
+        }
         entry: dict[str, Any] = {}
         prof = {"angles": angles, "xtb": reference}
         for variant in VARIANTS:
             if not (p[variant] / rd.WEIGHTS_FILE).exists():
+                print(f"C{n} {variant}: no trained model in {p[variant]}, skipped", flush=True)
+                results["skipped"].append(f"C{n} {variant}")
                 continue
             potential, variables, meta = load_model(p[variant])
             pred = predict_energies(potential, variables, frames)
@@ -303,30 +354,42 @@ def evaluate(carbons: Sequence[int], work: Path) -> dict[str, Any]:
         profiles[n] = prof
     (work / "results.json").write_text(json.dumps(results, indent=2))
     np.savez(work / "profiles.npz", **{f"c{n}_{k}": v for n, d in profiles.items() for k, v in d.items()})
-    if profiles:
-        plot_profiles(profiles, FIGURES / "cumulene_profiles.png")
-    largest = max((n for n in profiles if "nonlocal" in profiles[n]), default=None)
-    if largest is not None:
-        potential, variables, _ = load_model(paths(work, largest)["nonlocal"])
-        frames, angles, _ = read_scan(paths(work, largest)["scan"])
+    missing = [f"C{n} {v}" for n, d in profiles.items() for v in ("local", "nonlocal") if v not in d]
+    if profiles and not missing:
+        plot_profiles(profiles, FIGURES / "cumulene_profiles.png", ("xtb", "local", "nonlocal"))
+    elif profiles:
+        print(f"cumulene_profiles.png not written (missing models: {', '.join(missing)})", flush=True)
+    if any(v in d for d in profiles.values() for v in ("efa", "nonlocal_efa")):
+        plot_profiles(profiles, FIGURES / "cumulene_efa_profiles.png", ("xtb", *VARIANTS))
+    if figures_chain in profiles and "nonlocal" in profiles[figures_chain]:
+        potential, variables, _ = load_model(paths(work, figures_chain)["nonlocal"])
+        frames, angles, _ = read_scan(paths(work, figures_chain)["scan"])
         initial = potential.init(jax.random.PRNGKey(0), batch_of(frames[:1], potential.config))
         initial["normalization"] = variables["normalization"]
         results["sphc_pca"] = plot_sphc_pca(
             capture_sphcs(potential, initial, frames),
             capture_sphcs(potential, variables, frames),
-            largest,
+            figures_chain,
             FIGURES / "cumulene_sphc_pca.png",
         )
         results["neighbourhood"] = plot_neighbourhood(
-            capture_sphcs(potential, variables, frames), angles, largest, FIGURES / "cumulene_neighbourhood.png"
+            capture_sphcs(potential, variables, frames), angles, figures_chain, FIGURES / "cumulene_neighbourhood.png"
         )
         (work / "results.json").write_text(json.dumps(results, indent=2))
+    else:
+        print(
+            f"cumulene_sphc_pca.png / cumulene_neighbourhood.png not written (no non-local C{figures_chain} model)",
+            flush=True,
+        )
     return results
 
 
 # -- figures ---------------------------------------------------------------------------------------------
-def plot_profiles(profiles: dict[int, dict[str, np.ndarray]], path: Path) -> None:
-    """Fig. 2a: rotor torsion energy profiles, xTB vs local vs non-local (each aligned to the reference mean)."""
+def plot_profiles(
+    profiles: dict[int, dict[str, np.ndarray]], path: Path, keys: Sequence[str] = ("xtb", "local", "nonlocal")
+) -> None:
+    """Fig. 2a: rotor torsion energy profiles, xTB vs the models in ``keys`` that exist (each aligned to the
+    reference mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,11 +403,13 @@ def plot_profiles(profiles: dict[int, dict[str, np.ndarray]], path: Path) -> Non
         "xtb": ("k", "-", "GFN2-xTB"),
         "local": ("tab:blue", "--", "local"),
         "nonlocal": ("tab:red", "-", "non-local"),
+        "efa": ("tab:green", "-.", "EFA"),
+        "nonlocal_efa": ("tab:purple", ":", "non-local + EFA"),
     }
     for ax, n in zip(axes.flat, chains, strict=False):
         d = profiles[n]
         ref = d["xtb"]
-        for key in ("xtb", "local", "nonlocal"):
+        for key in keys:
             if key not in d:
                 continue
             y = d[key] - d[key].mean() + ref.mean() - ref.min()
@@ -358,7 +423,11 @@ def plot_profiles(profiles: dict[int, dict[str, np.ndarray]], path: Path) -> Non
         ax.set_ylabel("energy (eV)")
     for ax in axes[-1, :]:
         ax.set_xlabel("rotor torsion (°)")
-    axes.flat[0].legend(fontsize=7, frameon=False)
+    handles: dict[str, Any] = {}  # every variant once, also those missing in the first panel
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    axes.flat[0].legend(list(handles.values()), list(handles), fontsize=7, frameon=False)
     fig.suptitle("Cumulene rotor torsion, r_cut 2.5 Å, 4 layers, l_max 1, force-only training", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -482,7 +551,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--valid-every", type=int, default=5)
     parser.add_argument("--features", type=int, default=32, help="F (paper 128)")
     parser.add_argument("--radial-hidden", type=int, default=32, help="radial filter hidden width (paper 128)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--variants", nargs="+", default=list(TRAIN_DEFAULT), choices=VARIANTS, help="variants to train"
+    )
+    parser.add_argument("--efa-max-length", type=float, default=EFA_MAX_LENGTH, help="EFA r_max, Å")
+    parser.add_argument("--efa-max-frequency", type=float, default=EFA_MAX_FREQUENCY, help="EFA b_max")
+    parser.add_argument("--efa-grid-size", type=int, default=EFA_GRID_SIZE, help="EFA Lebedev grid size M")
+    parser.add_argument(
+        "--figures-chain", type=int, default=9, help="chain length of the Fig. 3 / Fig. 8 figures (non-local)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate data / retrain existing models")
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
@@ -500,11 +577,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 with open(args.work / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(summary) + "\n")
     if args.step in ("evaluate", "all"):
-        results = evaluate(sorted(args.carbons), args.work)
+        results = evaluate(sorted(args.carbons), args.work, args.figures_chain)
+        for n, ref in results["reference"].items():
+            print(
+                f"C{n} xTB barrier {ref['barrier_meV']:.0f} meV, minimum {ref['min_deg']:.0f}°, "
+                f"flat-profile MAE {ref['flat_profile_mae_meV']:.1f} meV",
+                flush=True,
+            )
         for n, entry in results["chains"].items():
             for variant, m in entry.items():
                 print(
-                    f"C{n} {variant:8s} profile MAE {m['profile_mae_meV']:8.1f} meV  "
+                    f"C{n} {variant:12s} profile MAE {m['profile_mae_meV']:8.1f} meV  "
                     f"(flat {m['flat_profile_mae_meV']:.1f}"
                     f" meV, ref range {m['reference_range_meV']:.0f}, pred range {m['predicted_range_meV']:.0f}) "
                     f"epochs {m['epochs']}",
