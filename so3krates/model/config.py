@@ -35,6 +35,12 @@ class ModelConfig:
         efa_grid_size: M, number of Lebedev directions; must be a Lebedev size whose safe frequency
             (docs/efa.md) covers b_max.
         efa_layers: layers t that get an EFA update; None: all of them.
+        remat: rematerialise each So3krates layer (``flax.linen.remat``): the backward pass that gives
+            forces keeps only each layer's inputs and recomputes its per-edge activations, and with a
+            tabulated radial filter each layer interpolates its own filters inside the rematerialised
+            region. Same results; far less memory for large systems (the per-edge activations of every
+            layer otherwise all stay alive until the backward pass), at the cost of one more forward pass
+            through the layers. A pure execution setting: the parameters are the same either way.
     """
 
     features: int = 132
@@ -58,9 +64,11 @@ class ModelConfig:
     efa_max_length: float = 15.0
     efa_grid_size: int = 50
     efa_layers: tuple[int, ...] | None = None
+    remat: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "degrees", tuple(sorted(int(l) for l in self.degrees)))
+        object.__setattr__(self, "remat", bool(self.remat))
         if self.features % self.num_heads:
             raise ValueError(f"features ({self.features}) must be divisible by num_heads ({self.num_heads})")
         if self.features % len(self.degrees):

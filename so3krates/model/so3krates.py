@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,12 +89,23 @@ class So3krates(nn.Module):
                 return interpolate_radial_filters(pairs.r, radial_table)
             return radial_module(pairs.rbf)
 
-        edge_radial = radial_filters(edges)
-        pair_radial = radial_filters(sphc_pairs) if sphc_pairs is not None else None
+        # With remat and a table, each layer interpolates its own filters inside its rematerialised region:
+        # the (P, num_layers, 2, F) filters of all layers and their cotangents are never alive at once.
+        per_layer_table = cfg.remat and radial_table is not None
+        edge_radial = None if per_layer_table else radial_filters(edges)
+        pair_radial = None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs)
         efa_layers = set(range(cfg.num_layers)) if cfg.global_attention == "efa" else set()
+        # nn.remat counts self as argument 0: nonlocal_fn (a Python closure, argument 7) must be static.
+        layer_class = nn.remat(_LayerFilters, static_argnums=(7,)) if cfg.remat else So3kratesLayer
         for t in range(cfg.num_layers):
             x_in = x
-            x, chi = So3kratesLayer(
+            if per_layer_table:
+                edge_filters: Array | RadialTable = _layer_table(radial_table, t)
+                pair_filters: Array | RadialTable | None = edge_filters if sphc_pairs is not None else None
+            else:
+                edge_filters = edge_radial[:, t]
+                pair_filters = pair_radial[:, t] if pair_radial is not None else None
+            x, chi = layer_class(
                 cfg.features,
                 cfg.num_heads,
                 layout,
@@ -100,15 +113,7 @@ class So3krates(nn.Module):
                 parity_even_only=not cfg.pseudotensor_paths,
                 dtype=dtype,
                 name=f"layer_{t}",
-            )(
-                x,
-                chi,
-                edges,
-                edge_radial[:, t],
-                sphc_pairs,
-                pair_radial[:, t] if pair_radial is not None else None,
-                nonlocal_fn,
-            )
+            )(x, chi, edges, edge_filters, sphc_pairs, pair_filters, nonlocal_fn)
             if t in efa_layers:
                 # Euclidean fast attention reads the same x as the local layer (they run in parallel).
                 from so3krates.model.efa import EfaUpdate
@@ -125,6 +130,37 @@ class So3krates(nn.Module):
         self.variable("normalization", "energy_offset", lambda: jnp.zeros((), dtype))
         energy = scale.value[batch.numbers] * energy + shift.value[batch.numbers]
         return jnp.where(batch.node_mask, energy, 0.0)
+
+
+def _layer_table(table: RadialTable, t: int) -> RadialTable:
+    """The radial-filter table of layer t alone, values and slopes of shape (num_points, 1, 2, F)."""
+    return RadialTable(spacing=table.spacing, values=table.values[:, t : t + 1], slopes=table.slopes[:, t : t + 1])
+
+
+class _LayerFilters(So3kratesLayer):
+    """A :class:`So3kratesLayer` whose radial filters may come as that layer's interpolation table.
+
+    With ``ModelConfig.remat`` this class is wrapped in ``nn.remat``, and passing the table rather than
+    the interpolated (P, 2, F) filters puts the interpolation inside the rematerialised region. It adds
+    no parameters and no scope of its own, so the parameter tree is that of a plain So3kratesLayer and
+    checkpoints work with ``remat`` on or off.
+    """
+
+    def __call__(
+        self,
+        x: Array,
+        chi: Array,
+        edges: Pairs,
+        edge_radial: Array | RadialTable,
+        sphc_pairs: Pairs | None = None,
+        pair_radial: Array | RadialTable | None = None,
+        nonlocal_fn: Callable[[Array], Array] | None = None,
+    ) -> tuple[Array, Array]:
+        if isinstance(edge_radial, RadialTable):
+            edge_radial = interpolate_radial_filters(edges.r, edge_radial)[:, 0]
+        if isinstance(pair_radial, RadialTable):
+            pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[:, 0]
+        return super().__call__(x, chi, edges, edge_radial, sphc_pairs, pair_radial, nonlocal_fn)
 
 
 def total_energy(atomic_energies: Array, batch: Batch, energy_offset: Array) -> Array:
