@@ -99,6 +99,19 @@ def test_quick_preset_without_data_and_flag_precedence(tmp_path: Path) -> None:
     assert config.data == str((tmp_path / "d.xyz").resolve())  # relative to the YAML file
 
 
+def test_nonlocal_and_efa_flags_reach_the_model_config(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    flags = ["--data", "x.xyz", "--layers", "3", "--nonlocal", "--kappa", "0.5", "--nonlocal-p", "4"]
+    flags += ["--global-attention", "efa", "--efa-grid-size", "86", "--efa-max-length", "12", "--efa-layers", "0,2"]
+    model = cli_train.resolve_config(parser.parse_args(flags)).model
+    assert model.nonlocal_correction and model.nonlocal_kappa == 0.5 and model.nonlocal_p == 4
+    assert model.global_attention == "efa" and model.efa_grid_size == 86 and model.efa_max_length == 12.0
+    assert model.efa_layers == (0, 2)
+    with pytest.raises(ValueError, match="efa_layers"):  # the config's own check, before any training
+        cli_train.resolve_config(parser.parse_args([*flags[:-1], "0,5"]))
+
+
 def test_sigkill_then_resume_loses_no_epoch(tmp_path: Path) -> None:
     data = emt_dataset(tmp_path / "emt.extxyz", n_frames=96, seed=1)
     config = tiny_yaml(tmp_path / "tiny.yaml")

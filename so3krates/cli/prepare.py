@@ -2,7 +2,7 @@
 
 Every format ``so3krates train --data`` reads (npz, extxyz, ASE db, ...) is accepted; units and label
 keys are converted once, here. Several --data files are read one after the other and appended, so the
-output may be larger than memory. Train on the result with ``so3krates train --stream DIR``.
+output may be larger than memory. Train on the result with ``so3krates train --data DIR``.
 
 Example::
 

@@ -36,6 +36,11 @@ def degrees(text: str) -> tuple[int, ...]:
     return parse_degrees(text)
 
 
+def layers(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated layer indices."""
+    return parse_degrees(text)
+
+
 # Quick demonstration on the bundled dataset: a small model that trains in a few minutes on 2 CPU cores.
 QUICK_PRESET: dict[str, Any] = {
     "n_train": 400,
@@ -82,8 +87,18 @@ _OPTIONS = {
     "heads": "num_heads",
     "dtype": "dtype",
     "nonlocal_correction": "nonlocal_correction",
+    "nonlocal_kappa": "nonlocal_kappa",
+    "nonlocal_p": "nonlocal_p",
+    "global_attention": "global_attention",
+    "efa_qk_features": "efa_qk_features",
+    "efa_v_features": "efa_v_features",
+    "efa_max_frequency": "efa_max_frequency",
+    "efa_max_length": "efa_max_length",
+    "efa_grid_size": "efa_grid_size",
+    "efa_layers": "efa_layers",
 }
-# What may change when resuming: how long to train, and how to show it.
+# What may change when resuming: how long to train, and how to show it (and, not options of the run at
+# all, the devices and processes it runs on).
 _RESUMABLE = {"max_epochs", "max_time", "patience", "progress"}
 
 
@@ -92,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--data",
         help="training file: .npz (sGDML R/z/E/F or positions/atomic_numbers/energy/forces) or any ASE "
-        "format (extxyz, .gz, db, traj); default: the bundled ethanol dataset with a quick preset",
+        "format (extxyz, .gz, db, traj), or a stream directory from `so3krates prepare` (read memory-mapped, "
+        "neighbour lists built batch by batch: for data larger than memory); default: the bundled ethanol "
+        "dataset with a quick preset",
     )
     data.add_argument(
         "--out", help="run directory for the model, metrics and checkpoints (default: runs/<data name>, made unique)"
@@ -151,10 +168,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dtype", choices=("float32", "float64"), help="floating-point precision (default float32)")
     model.add_argument(
         "--nonlocal-correction",
+        "--nonlocal",
+        dest="nonlocal_correction",
         action="store_const",
         const=True,
         help="add the non-local geometric correction (eq. 14; O(n²) per structure)",
     )
+    model.add_argument(
+        "--kappa",
+        "--nonlocal-kappa",
+        dest="nonlocal_kappa",
+        type=float,
+        help="κ of the non-local correction: the SPHC-space cutoff is κ / n_atoms (default 1)",
+    )
+    model.add_argument(
+        "--nonlocal-p",
+        "--p",
+        dest="nonlocal_p",
+        type=int,
+        help="p of the polynomial cutoff (eq. 29) of the non-local correction (default 6)",
+    )
+    model.add_argument(
+        "--global-attention",
+        choices=("efa",),
+        help="global interactions at linear cost: efa = Euclidean fast attention in every layer (docs/efa.md)",
+    )
+    model.add_argument("--efa-qk-features", type=int, help="EFA query/key width, even (default 16)")
+    model.add_argument("--efa-v-features", type=int, help="EFA value width (default 32)")
+    model.add_argument("--efa-max-frequency", type=float, help="EFA largest ERoPE frequency b_max (default π)")
+    model.add_argument(
+        "--efa-max-length", type=float, help="EFA r_max in Å: the largest distance within a structure (default 15)"
+    )
+    model.add_argument("--efa-grid-size", type=int, help="EFA Lebedev directions; must integrate b_max (default 50)")
+    model.add_argument("--efa-layers", type=layers, help="layers (0-based, comma-separated) with EFA (default all)")
+
+    par = parser.add_argument_group("devices and processes (data-parallel training, docs/parallel.md)")
+    par.add_argument(
+        "--devices",
+        type=int,
+        help="devices to split each batch over (default: all that JAX sees when more than one; 1: one device)",
+    )
+    par.add_argument(
+        "--coordinator",
+        help="HOST:PORT of process 0 for a multi-process run (jax.distributed; or SO3KRATES_COORDINATOR)",
+    )
+    par.add_argument("--num-processes", type=int, help="number of processes (or SO3KRATES_NUM_PROCESSES)")
+    par.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (or SO3KRATES_PROCESS_ID)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +302,12 @@ def _default_out(config: TrainConfig) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from so3krates.train import parallel as par
+
+    # Before anything asks JAX for its devices: a multi-process run sees the devices of every process.
+    distributed = par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if distributed and not args.out:
+        raise ValueError("a multi-process run needs --out RUN_DIR (the same directory for every process)")
     from so3krates.train.loop import train
 
     if args.resume:
@@ -256,9 +321,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(args)
         run_dir = Path(args.out) if args.out else _default_out(config)
-        if config.data is None:
+        if config.data is None and par.is_writer():
             print("no --data given: quick demonstration on the bundled ethanol dataset (small model, few epochs)")
-    result = train(config, run_dir, resume=args.resume)
+    result = train(config, run_dir, resume=args.resume, devices=args.devices)
+    if not par.is_writer():
+        return 0
     units = f"{config.energy_unit}, {config.energy_unit}/{config.length_unit}"
     valid = result.valid_metrics
     summary = ""
@@ -280,6 +347,8 @@ def _check_same_data(config: TrainConfig, run_dir: Path) -> None:
 
     expected = read_metadata(run_dir).get("data_sha256")
     path = Path(config.data) if config.data else default_dataset_path()
+    if path.is_dir():
+        return  # a stream directory: the split's frame indices are checked against its length on resume
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the run's training file does not exist (moved? give --data)")
     if expected and file_sha256(path) != expected:

@@ -13,6 +13,13 @@ Outline of :func:`train`:
 5. at the end: the best EMA weights with the energy constant c of A.14 (β = 1) are saved as the model,
    with the learning curve as a PNG.
 
+Data parallel (``devices``; automatic when JAX sees several devices, or several ``jax.distributed``
+processes): each process owns a contiguous shard of the training set and draws its part of every global
+batch from it; the part is split over its local devices and the step (``so3krates.train.parallel``) is
+sharded over the global mesh. Validation runs on every process alike (so all take the same decisions);
+only process 0 writes files. A stream directory (``so3krates prepare``) as data builds graphs on access in
+a background thread instead of all up front.
+
 Every file is replaced atomically. A run killed at any point continues with ``resume=True`` from its
 last completed epoch with the same optimiser state, EMA, learning-rate state, random state and split.
 """
@@ -41,12 +48,21 @@ from tqdm.auto import tqdm
 
 from so3krates import run_dir as rd
 from so3krates.data import Frames, make_split
+from so3krates.data.stream import Prefetcher, StreamDataset
 from so3krates.data.units import energy_factor, length_factor
 from so3krates.graph import Batch, Graph, PadSizes, collate
 from so3krates.potential import Potential
+from so3krates.train import parallel as par
 from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from so3krates.train.config import TrainConfig
-from so3krates.train.data import build_graphs, default_dataset_path, elements_of, file_sha256, load_frames
+from so3krates.train.data import (
+    LazyGraphs,
+    build_graphs,
+    default_dataset_path,
+    elements_of,
+    file_sha256,
+    load_frames,
+)
 from so3krates.train.loss import LossScales, structure_errors, structure_loss
 from so3krates.train.metrics import batches, error_metrics, max_pad_sizes, predict_graphs
 from so3krates.train.normalisation import energy_constant, initial_normalization
@@ -54,6 +70,9 @@ from so3krates.train.optim import LearningRateSchedule, apply_learning_rate, ema
 
 Array = jax.Array
 METRICS_FILE = "metrics.csv"
+# The per-element energy shift and force scale are fitted on at most this many training frames (a
+# random subset of a larger set): enough for a handful of numbers, and streams never load everything.
+NORMALISATION_FRAMES = 50_000
 CURVE_FILE = "learning_curve.png"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -211,8 +230,9 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
-    frames: Frames | None = None,
+    frames: Frames | StreamDataset | None = None,
     log: Callable[[str], None] = print,
+    devices: int | None = None,
 ) -> TrainResult:
     """Train a So3krates model as configured and write the model directory ``run_dir``.
 
@@ -221,16 +241,28 @@ def train(
         run_dir: output directory (created). Must not already hold a run unless ``resume``.
         resume: continue the run in ``run_dir`` from ``checkpoint_latest.msgpack`` (with its split).
             The caller passes the run's saved configuration (possibly with a new max_epochs/max_time).
-        frames: already-read data (eV, Å); by default ``config.data`` is read with the data layer.
+        frames: already-read data (eV, Å) or an open stream; by default ``config.data`` is read with the
+            data layer (a stream directory is opened memory-mapped).
         log: where progress lines go (tqdm bars go to stderr when ``config.progress``).
+        devices: number of devices for data-parallel training (None: all, when JAX sees more than one;
+            1: a single device). With several processes (``jax.distributed``) all devices are used.
     Returns:
         A :class:`TrainResult`.
     """
     clock = time.perf_counter()
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_FILE
+    n_proc, writes = jax.process_count(), par.is_writer()
     if not resume and any((run_dir / name).exists() for name in (CHECKPOINT_FILE, rd.WEIGHTS_FILE, rd.CONFIG_FILE)):
         raise ValueError(f"{run_dir} already contains a training run; use --resume to continue it or another --out")
+    if n_proc > 1:
+        from jax.experimental import multihost_utils
+
+        # Every process has checked the run directory before process 0 writes anything into it.
+        multihost_utils.sync_global_devices("so3krates train: start")
+    if not writes:
+        log = _silent
+        config = config.replace(progress=False)
     if config.model.dtype == "float64" and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)  # float64 models need it; set before any array exists
 
@@ -283,28 +315,41 @@ def train(
     potential = Potential(config.model)
     r_cut = config.model.r_cut
     all_pairs = config.model.nonlocal_correction
-    log(f"building neighbour lists (r_cut = {r_cut} Å) for {len(split['train']) + len(split['valid'])} structures")
-    train_graphs = build_graphs(frames, split["train"], r_cut)
-    valid_graphs = build_graphs(frames, split["valid"], r_cut)
-    batch_size = min(config.batch_size, len(train_graphs))
+    # This process's shard of the training set (all of it with one process).
+    local_train = par.process_shard(split["train"], jax.process_index(), n_proc)
+    streamed = isinstance(frames, StreamDataset)
+    if streamed:
+        log(f"streaming {data_path}: neighbour lists (r_cut = {r_cut} Å) are built batch by batch")
+        train_graphs: Any = LazyGraphs(frames, local_train, r_cut)
+        valid_graphs: Any = LazyGraphs(frames, split["valid"], r_cut)
+        log(f"counting atoms and edges of {len(train_graphs) + len(valid_graphs)} structures for the padded shape")
+        size_source = train_graphs.sizes() + valid_graphs.sizes()
+    else:
+        log(f"building neighbour lists (r_cut = {r_cut} Å) for {len(local_train) + len(split['valid'])} structures")
+        train_graphs = build_graphs(frames, local_train, r_cut)
+        valid_graphs = build_graphs(frames, split["valid"], r_cut)
+        size_source = train_graphs + valid_graphs
+    batch_size = min(config.batch_size, len(split["train"]))
     valid_batch = config.valid_batch_size or config.batch_size
-    sizes = max_pad_sizes(train_graphs + valid_graphs, batch_size, all_pairs)
+    sizes = _agree(max_pad_sizes(size_source, batch_size, all_pairs))
     # The evaluation step also runs over the training set (energy constant), so it must fit both.
-    valid_sizes = (
-        sizes if valid_batch == batch_size else max_pad_sizes(train_graphs + valid_graphs, valid_batch, all_pairs)
-    )
+    valid_sizes = sizes if valid_batch == batch_size else _agree(max_pad_sizes(size_source, valid_batch, all_pairs))
     scales = LossScales.from_units(energy_factor(config.energy_unit), length_factor(config.length_unit))
     compute_stress = config.stress_weight > 0 and frames.stress is not None
 
     # -- model, optimiser, state -----------------------------------------------------------------
+    norm_idx = split["train"]
+    if len(norm_idx) > NORMALISATION_FRAMES:
+        norm_idx = np.sort(np.random.default_rng(config.seed).choice(norm_idx, NORMALISATION_FRAMES, replace=False))
     normalization = initial_normalization(
-        [frames.numbers[int(i)] for i in split["train"]],
-        None if frames.energy is None else frames.energy[split["train"]],
-        None if frames.forces is None else [frames.forces[int(i)] for i in split["train"]],
+        [frames.numbers[int(i)] for i in norm_idx],
+        None if frames.energy is None else np.asarray(frames.energy[norm_idx]),
+        None if frames.forces is None else [frames.forces[int(i)] for i in norm_idx],
         config.model.max_atomic_number,
         config.model.dtype,
     )
-    init_batch = collate(train_graphs[:batch_size], sizes, all_pairs=all_pairs)
+    first = [train_graphs[k] for k in range(min(batch_size, len(train_graphs)))]
+    init_batch = collate(first, sizes, all_pairs=all_pairs)
     params = jax.jit(potential.init)(jax.random.PRNGKey(config.seed), init_batch)["params"]
     optimizer = make_optimizer(config.grad_clip)
     opt_state = optimizer.init(params)
@@ -350,14 +395,15 @@ def train(
         "seed": config.seed,
         "num_parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params))),
     }
-    if not resume or not (run_dir / rd.CONFIG_FILE).exists():
+    fresh = not resume or not (run_dir / rd.CONFIG_FILE).exists()
+    if fresh and writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         rd.save_split_file(run_dir / rd.SPLIT_FILE, split)
         rd.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
         rd.atomic_write_text(
             run_dir / rd.METADATA_FILE, json.dumps(_metadata(metadata, started=_now()), indent=2, ensure_ascii=False)
         )
-    else:
+    elif not fresh:
         metadata = {**rd.read_metadata(run_dir), **{k: v for k, v in metadata.items() if k != "num_parameters"}}
 
     train_step, eval_step = make_steps(potential, config, scales, optimizer, compute_stress)
@@ -365,13 +411,52 @@ def train(
         params=ckpt.params, ema=ckpt.ema, opt_state=ckpt.opt_state, step=jnp.asarray(ckpt.step, jnp.int32)
     )
     norm_device = jax.tree_util.tree_map(jnp.asarray, normalization)
+    parallel = n_proc > 1 or (len(jax.devices()) > 1 if devices is None else devices > 1)
+    host: Callable[[Any], Any] = jax.device_get
+    local_batch = math.ceil(batch_size / n_proc)  # this process's part of each global batch
+    steps_per_epoch = math.ceil(math.ceil(len(split["train"]) / n_proc) / local_batch)  # the largest shard's
+    if parallel:
+        mesh = par.make_mesh(par.select_devices(devices))
+        n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+        device_sizes = _agree(par.max_device_pad_sizes(size_source, math.ceil(local_batch / n_local), all_pairs))
+        train_step = par.make_parallel_train_step(
+            potential,
+            optimizer,
+            par.eq35_structure_loss(config.beta, config.stress_weight, scales),
+            mesh,
+            compute_stress=compute_stress,
+            ema_decay=config.ema_decay,
+            scales=scales,
+        )
+        # Validation keeps the single-device eval_step: one device per process, the same on every process.
+        state = par.replicate(state, mesh)
+        norm_sharded = par.replicate(normalization, mesh)
+        host = par.to_host
+        log(
+            f"data parallel over {mesh.devices.size} device(s) in {n_proc} process(es): "
+            f"{math.ceil(local_batch / n_local)} structures per device, padded to {device_sizes.n_atoms} atoms / "
+            f"{device_sizes.n_edges} edges"
+        )
+
+    def make_batch(chunk: np.ndarray) -> tuple[int, Batch]:
+        """A training batch from indices into this process's graphs (runs in the prefetch thread)."""
+        members = [train_graphs[int(k)] for k in chunk]
+        if parallel:
+            return len(chunk), par.stack_batches(par.split_for_devices(members, n_local), device_sizes, all_pairs)
+        return len(chunk), collate(members, sizes, all_pairs=all_pairs)
+
     history = list(ckpt.history)
-    write_metrics_csv(run_dir / METRICS_FILE, history)  # drops rows of epochs the checkpoint does not have
+    if writes:
+        write_metrics_csv(run_dir / METRICS_FILE, history)  # drops rows of epochs the checkpoint does not have
     from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=ckpt.epoch + 1 if ckpt.epoch else None)
+    writer = (
+        SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=ckpt.epoch + 1 if ckpt.epoch else None)
+        if writes
+        else _NoWriter()
+    )
     log(
-        f"training {metadata['num_parameters']:,} parameters on {len(train_graphs)} structures "
+        f"training {metadata['num_parameters']:,} parameters on {len(split['train'])} structures "
         f"(validation {len(valid_graphs)}), batch {batch_size}, padded to {sizes.n_atoms} atoms / "
         f"{sizes.n_edges} edges; elements {' '.join(_symbols(elements))}; units {config.energy_unit}, "
         f"{config.length_unit}"
@@ -403,23 +488,32 @@ def train(
                     break
             t0 = time.perf_counter()
             lr = schedule.lr
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_graphs))
+            # With one process: the permutation of the whole training set, as without data parallelism.
+            seed_seq = [config.seed, epoch] if n_proc == 1 else [config.seed, epoch, jax.process_index()]
+            order = np.random.default_rng(seed_seq).permutation(len(train_graphs))
+            chunks = batches(order, local_batch)
+            # Every process takes the same number of steps; a shorter shard ends with empty parts.
+            chunks += [order[:0]] * (steps_per_epoch - len(chunks))
             stats: list[Any] = []
             inner = tqdm(
-                total=len(train_graphs),
+                total=len(split["train"]),
                 unit="struct",
                 leave=False,
                 desc=f"epoch {epoch + 1}",
                 disable=not config.progress,
                 dynamic_ncols=True,
             )
-            lr_device = jnp.asarray(lr, jnp.float32)
-            for chunk in batches(order, batch_size):
-                batch = collate([train_graphs[i] for i in chunk], sizes, all_pairs=all_pairs)
-                state, step_stats = train_step(state, norm_device, batch, lr_device)
-                stats.append(step_stats)
-                inner.update(len(chunk))
-            stats = jax.device_get(stats)
+            # A host scalar for the sharded step (replicated by jit), a device scalar otherwise.
+            lr_device = np.float32(lr) if parallel else jnp.asarray(lr, jnp.float32)
+            with Prefetcher(make_batch, chunks, depth=2) as loader:
+                for n_chunk, batch in loader:
+                    if parallel:
+                        state, step_stats = train_step(state, norm_sharded, par.shard_batch(batch, mesh), lr_device)
+                    else:
+                        state, step_stats = train_step(state, norm_device, batch, lr_device)
+                    stats.append(step_stats)
+                    inner.update(n_chunk * n_proc)
+            stats = host(stats)
             totals = {k: float(np.sum([s[k] for s in stats])) for k in stats[0]}
             inner.close()
             epoch += 1
@@ -449,7 +543,7 @@ def train(
             improved = False
             if validate:
                 ema_vars = {
-                    "params": state.ema,
+                    "params": host(state.ema) if parallel else state.ema,
                     "normalization": {**norm_device, "energy_offset": jnp.asarray(provisional_c, config.model.dtype)},
                 }
                 if valid_graphs:
@@ -458,8 +552,11 @@ def train(
                     criterion = valid["loss"]
                 if criterion < best_loss:
                     best_loss, best_epoch, bad_epochs, improved = criterion, epoch, 0, True
-                    best_ema = jax.device_get(state.ema)
-                    rd.save_weights(run_dir, {"params": best_ema, "normalization": _host(ema_vars["normalization"])})
+                    best_ema = host(state.ema)
+                    if writes:
+                        rd.save_weights(
+                            run_dir, {"params": best_ema, "normalization": _host(ema_vars["normalization"])}
+                        )
                 else:
                     bad_epochs += 1
             schedule.end_epoch(epoch, criterion if validate else None)
@@ -468,25 +565,26 @@ def train(
             row["elapsed_s"] = (history[-1]["elapsed_s"] if history else 0.0) + row["time_s"]
             history.append(row)
 
-            save_checkpoint(
-                checkpoint_path,
-                Checkpoint(
-                    params=state.params,
-                    ema=state.ema,
-                    best_ema=best_ema,
-                    opt_state=state.opt_state,
-                    normalization=normalization,
-                    epoch=epoch,
-                    step=int(state.step),
-                    schedule=schedule.state_dict(),
-                    best_loss=best_loss,
-                    best_epoch=best_epoch,
-                    bad_epochs=bad_epochs,
-                    seed=config.seed,
-                    history=history,
-                ),
-            )
-            write_metrics_csv(run_dir / METRICS_FILE, history)
+            if writes:
+                save_checkpoint(
+                    checkpoint_path,
+                    Checkpoint(
+                        params=host(state.params),
+                        ema=host(state.ema),
+                        best_ema=best_ema,
+                        opt_state=host(state.opt_state),
+                        normalization=normalization,
+                        epoch=epoch,
+                        step=int(host(state.step)),
+                        schedule=schedule.state_dict(),
+                        best_loss=best_loss,
+                        best_epoch=best_epoch,
+                        bad_epochs=bad_epochs,
+                        seed=config.seed,
+                        history=history,
+                    ),
+                )
+                write_metrics_csv(run_dir / METRICS_FILE, history)
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, int | float) and _sanitize(value) is not None:
                     writer.add_scalar(key, value, epoch)
@@ -518,7 +616,14 @@ def train(
         pred = predict_graphs(
             lambda b: eval_step(final_vars, b), train_graphs, valid_sizes, valid_batch, all_pairs=all_pairs
         )
-        c = energy_constant(frames.energy[split["train"]], pred["energy"])
+        reference = np.asarray(frames.energy[local_train])
+        if n_proc == 1:
+            c = energy_constant(reference, pred["energy"])
+        else:  # the mean over every process's shard
+            from jax.experimental import multihost_utils
+
+            sums = multihost_utils.process_allgather(np.array([np.sum(reference - pred["energy"]), len(reference)]))
+            c = float(np.sum(sums[:, 0]) / max(np.sum(sums[:, 1]), 1))
         final_norm["energy_offset"] = np.asarray(c, config.model.dtype)
     valid_metrics = {}
     if valid_graphs:
@@ -537,8 +642,9 @@ def train(
             "finished": _now(),
         },
     )
-    rd.save_model(run_dir, config.to_dict(), final_vars, _metadata(metadata), split=split)
-    if history:
+    if writes:
+        rd.save_model(run_dir, config.to_dict(), final_vars, _metadata(metadata), split=split)
+    if history and writes:
         plot_learning_curve(run_dir / CURVE_FILE, history, config.energy_unit, config.length_unit)
     return TrainResult(
         run_dir=run_dir,
@@ -603,6 +709,34 @@ def _report(row: dict[str, Any], bar: Any, log: Callable[[str], None], config: T
 
 def _host(tree: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _agree(sizes: PadSizes) -> PadSizes:
+    """The same padded sizes on every process (the largest of each), so that global arrays line up."""
+    if jax.process_count() == 1:
+        return sizes
+    from jax.experimental import multihost_utils
+
+    mine = np.array([sizes.n_atoms, sizes.n_edges, sizes.n_graphs, sizes.n_pairs], np.int64)
+    top = np.max(multihost_utils.process_allgather(mine), axis=0)
+    return PadSizes(int(top[0]), int(top[1]), int(top[2]), int(top[3]))
+
+
+def _silent(line: str) -> None:
+    """The log of processes other than 0: their lines would repeat process 0's."""
+
+
+class _NoWriter:
+    """TensorBoard stand-in on processes that do not write."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _now() -> str:
