@@ -9,8 +9,17 @@ Each (system, engine) case runs in its own subprocess so that its peak memory (`
 own. A case: build, one warm-up step (jit compilation, timed separately), then ``steps`` timed steps.
 Reported: steps/s, ns/day at 0.5 fs, compile time, peak resident memory, neighbour-list builds.
 
+``--remat`` (``ModelConfig.remat``, per-layer rematerialisation) is on by default for the 10k box only:
+without it one compiled step of that box needs about 67 GiB; with it the backward pass keeps only the
+layers' inputs. Each result records whether it used remat. ``--compile-only`` stops after XLA's memory
+analysis of the JAX engine's compiled step (nothing is run: a cheap way to compare remat on and off).
+``--merge`` keeps the cases of the existing JSON that this run does not repeat (each result carries its
+own date and command), so the table can be assembled from separate runs.
+
     python benchmarks/md_speed.py                           # all cases → benchmarks/results/md_speed.json
     python benchmarks/md_speed.py --systems ethanol water1000 --engines jax
+    python benchmarks/md_speed.py --systems water10000 --merge --markdown   # remat on (the default there)
+    python benchmarks/md_speed.py --systems water1000 --engines jax --remat on off --compile-only --out m.json
     python benchmarks/md_speed.py --markdown                # also (re)write the table in docs/md.md
 """
 
@@ -36,6 +45,8 @@ TIMESTEP_FS = 0.5
 SYSTEMS = {"ethanol": 9, "water1000": 1000, "water10000": 10000}
 # Timed steps per engine: fewer for the big box (one step of 10k atoms takes tens of seconds on a CPU).
 STEPS = {"ethanol": {"jax": 2000, "ase": 200}, "water1000": {"jax": 10, "ase": 10}, "water10000": {"jax": 3, "ase": 3}}
+# Systems that use the rematerialised model unless --remat says otherwise (see the module docstring).
+REMAT_BY_DEFAULT = {"water10000"}
 TABLE_START = "<!-- md_speed table start -->"
 TABLE_END = "<!-- md_speed table end -->"
 
@@ -68,8 +79,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_case(system: str, engine: str, steps: int, seed: int = 0) -> dict[str, Any]:
-    """One (system, engine) case in this process; returns its numbers."""
+def run_case(
+    system: str, engine: str, steps: int, remat: bool = False, compile_only: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """One (system, engine) case in this process; returns its numbers.
+
+    ``remat`` evaluates the model with per-layer rematerialisation (same numbers, less memory);
+    ``compile_only`` returns after the JAX engine's memory analysis, without running a step.
+    """
     import jax
 
     from so3krates.calculator import So3kratesCalculator
@@ -77,7 +94,7 @@ def run_case(system: str, engine: str, steps: int, seed: int = 0) -> dict[str, A
     from so3krates.md.testing import random_model
     from so3krates.model.config import ModelConfig
 
-    config = ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), r_cut=5.0, dtype="float32")
+    config = ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), r_cut=5.0, dtype="float32", remat=remat)
     potential, variables = random_model(config, seed=seed)
     # Random weights give atomic energies of a few eV; keep the scale physical-ish so that 0.5 fs steps
     # do not blow the box apart within the few timed steps (speed does not depend on it).
@@ -87,7 +104,7 @@ def run_case(system: str, engine: str, steps: int, seed: int = 0) -> dict[str, A
     initial_velocities(atoms, 300.0, seed=seed)
     n_atoms = len(atoms)
 
-    result: dict[str, Any] = {"system": system, "engine": engine, "atoms": n_atoms}
+    result: dict[str, Any] = {"system": system, "engine": engine, "atoms": n_atoms, "remat": remat}
     start = time.perf_counter()
     if engine == "jax":
         md = JaxMD(model, atoms, "nve", timestep_fs=TIMESTEP_FS, skin=0.5)
@@ -103,6 +120,11 @@ def run_case(system: str, engine: str, steps: int, seed: int = 0) -> dict[str, A
             listed_pairs=int(np.asarray(md.neighbours.edge_mask).sum()),
         )
         available = available_memory_bytes()
+        result["available_mib_at_compile"] = available / 2**20 if available is not None else None
+        if compile_only:
+            result["aot_compile_s"] = time.perf_counter() - start
+            result["peak_rss_mib"] = peak_rss_mib()
+            return result
         if available is not None and need > 0.8 * available:
             result["skipped"] = (
                 f"needs {need / 2**30:.1f} GiB for one compiled step; "
@@ -179,16 +201,21 @@ def environment() -> dict[str, Any]:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| system | atoms | engine | timed steps | steps/s | ns/day | wall ms/step | CPU s/step | first step s | "
-        "peak RSS MiB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | atoms | engine | remat | timed steps | steps/s | ns/day | wall ms/step | CPU s/step | "
+        "first step s | peak RSS MiB |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        remat = "yes" if r.get("remat") else "no"
         if "skipped" in r:
-            lines.append(f"| {r['system']} | {r['atoms']} | {r['engine']} | – | – | – | – | – | – | {r['skipped']} |")
+            lines.append(
+                f"| {r['system']} | {r['atoms']} | {r['engine']} | {remat} | – | – | – | – | – | – | {r['skipped']} |"
+            )
+            continue
+        if "steps" not in r:  # --compile-only cases have no timings
             continue
         lines.append(
-            f"| {r['system']} | {r['atoms']} | {r['engine']} | {r['steps']} | {r['steps_per_s']:.3g} | "
+            f"| {r['system']} | {r['atoms']} | {r['engine']} | {remat} | {r['steps']} | {r['steps_per_s']:.3g} | "
             f"{r['ns_per_day']:.3g} | {r['ms_per_step']:.4g} | {r['cpu_s_per_step']:.3g} | {r['first_step_s']:.1f} | "
             f"{r['peak_rss_mib']:.0f} |"
         )
@@ -197,11 +224,18 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def write_markdown(payload: dict[str, Any]) -> None:
     env = payload["environment"]
+    # Merged files hold cases from several runs: name every run (date, command, load) the table draws on.
+    runs: dict[tuple[str, str], float] = {}
+    for r in payload["results"]:
+        runs.setdefault((r.get("date", payload["date"]), r.get("command", payload["command"])), r.get("load", -1.0))
+    measured = "; ".join(
+        f"{date} with `{command}`" + (f" (load average {load:.1f} at its start)" if load >= 0 else "")
+        for (date, command), load in runs.items()
+    )
     block = (
         f"{TABLE_START}\n"
-        f"Measured {payload['date']} on {env['backend']} ({env['affinity']} cores available, load average "
-        f"{env['load_average_at_start'][0]:.1f} at the start: the machine was shared), with\n"
-        f"`{payload['command']}`:\n\n{markdown_table(payload['results'])}\n{TABLE_END}"
+        f"Measured on {env['backend']} ({env['affinity']} cores available; the machine was shared with other "
+        f"jobs): {measured}.\n\n{markdown_table(payload['results'])}\n{TABLE_END}"
     )
     text = DOC.read_text() if DOC.exists() else ""
     if TABLE_START in text and TABLE_END in text:
@@ -220,45 +254,86 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps for every case (default: per system)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--markdown", action="store_true", help="write the table into docs/md.md")
-    parser.add_argument("--case", nargs=2, metavar=("SYSTEM", "ENGINE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--remat",
+        nargs="+",
+        choices=("auto", "on", "off"),
+        default=["auto"],
+        help=f"per-layer rematerialisation; auto: on for {sorted(REMAT_BY_DEFAULT)} only; 'on off' runs both",
+    )
+    parser.add_argument("--compile-only", action="store_true", help="JAX engine: memory analysis only, no steps")
+    parser.add_argument("--merge", action="store_true", help="keep the other cases already in --out")
+    parser.add_argument("--case", nargs=3, metavar=("SYSTEM", "ENGINE", "REMAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.case:  # child process: one case, JSON on the last line of stdout
-        system, engine = args.case
+        system, engine, remat = args.case
         steps = args.steps or STEPS[system][engine]
-        print(json.dumps(run_case(system, engine, steps)))
+        print(json.dumps(run_case(system, engine, steps, remat == "on", args.compile_only)))
         return 0
 
-    results = []
+    results: list[dict[str, Any]] = []
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    load = os.getloadavg()[0]
+    previous: list[dict[str, Any]] = []
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        for r in old["results"]:  # results of older files carry the file's date and command
+            stamp = {"date": old["date"], "command": old["command"]}
+            stamp["load"] = old.get("environment", {}).get("load_average_at_start", [-1.0])[0]
+            previous.append(stamp | r)
     payload: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "command": command,
         "model": "F=132, 6 layers, degrees (1,2,3), r_cut 5 Å, float32, random weights; NVE 0.5 fs, skin 0.5 Å",
         "environment": environment(),
         "results": results,
     }
-    for system in args.systems:
+    engines = sorted(args.engines, key=lambda e: e != "jax")  # jax first: it checks the memory
+    if args.compile_only:
+        engines = ["jax"]
+    cases = [
+        (system, remat)
+        for system in args.systems
+        for remat in dict.fromkeys(
+            (system in REMAT_BY_DEFAULT) if choice == "auto" else choice == "on" for choice in args.remat
+        )
+    ]
+    new_keys = {(system, engine, remat) for system, remat in cases for engine in engines}
+    kept = [r for r in previous if (r["system"], r["engine"], bool(r.get("remat", False))) not in new_keys]
+    payload["results"] = results = kept
+    for system, remat in cases:
         skipped = None
-        for engine in sorted(args.engines, key=lambda e: e != "jax"):  # jax first: it checks the memory
+        for engine in engines:
+            stamp = {"remat": remat, "date": payload["date"], "command": command, "load": load}
             if skipped:  # the ASE calculator evaluates the same model on the same padded sizes
                 results.append(
                     {"system": system, "engine": engine, "atoms": skipped["atoms"], "skipped": skipped["skipped"]}
+                    | stamp
                 )
                 continue
-            argv = [sys.executable, __file__, "--case", system, engine]
+            argv = [sys.executable, __file__, "--case", system, engine, "on" if remat else "off"]
             if args.steps:
                 argv += ["--steps", str(args.steps)]
-            print(f"{system} / {engine} ...", flush=True)
+            if args.compile_only:
+                argv.append("--compile-only")
+            print(f"{system} / {engine} / remat {'on' if remat else 'off'} ...", flush=True)
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
-                results.append({"system": system, "engine": engine, "error": done.stderr[-500:]})
+                results.append({"system": system, "engine": engine, "error": done.stderr[-500:]} | stamp)
                 continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result = json.loads(done.stdout.strip().splitlines()[-1]) | stamp
             results.append(result)
             if "skipped" in result:
                 skipped = result
                 print(f"  skipped: {result['skipped']}", flush=True)
+            elif args.compile_only:
+                print(
+                    f"  compiled step: {result['compiled_temp_mib']:.0f} MiB temp, "
+                    f"{result['compiled_total_mib']:.0f} MiB in all",
+                    flush=True,
+                )
             else:
                 print(
                     f"  {result['atoms']} atoms: {result['steps_per_s']:.3g} steps/s, "

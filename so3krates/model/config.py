@@ -35,12 +35,13 @@ class ModelConfig:
         efa_grid_size: M, number of Lebedev directions; must be a Lebedev size whose safe frequency
             (docs/efa.md) covers b_max.
         efa_layers: layers t that get an EFA update; None: all of them.
-        remat: rematerialise each So3krates layer (``flax.linen.remat``): the backward pass that gives
-            forces keeps only each layer's inputs and recomputes its per-edge activations, and with a
+        remat: rematerialise each So3krates layer (``flax.linen.remat``) so that the backward pass that
+            gives forces may keep only each layer's inputs and recompute its per-edge activations; with a
             tabulated radial filter each layer interpolates its own filters inside the rematerialised
-            region. Same results; far less memory for large systems (the per-edge activations of every
-            layer otherwise all stay alive until the backward pass), at the cost of one more forward pass
-            through the layers. A pure execution setting: the parameters are the same either way.
+            region. Same results and the same parameters either way (a pure execution setting). The
+            saving is XLA's to realise: on CPU it cut the compiled temp memory of an F = 132, 6-layer MD
+            step on 1,000 waters by only 11 % (docs/md.md), because XLA's scheduling keeps much of the
+            per-edge work of several layers alive at once.
     """
 
     features: int = 132
