@@ -79,8 +79,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+# The paper's MD17 model, and the main job's quick-preset model (so3krates train without --data): the
+# latter is what fits a 10,000-atom box in this machine's memory.
+MODELS = {
+    "paper": {"features": 132, "num_layers": 6, "degrees": (1, 2, 3), "num_heads": 4, "r_cut": 5.0},
+    "small": {"features": 32, "num_layers": 2, "degrees": (1, 2), "num_heads": 2, "r_cut": 4.0},
+}
+MODEL_TEXT = {
+    "paper": "F=132, 6 layers, degrees (1,2,3), r_cut 5 Å",
+    "small": "F=32, 2 layers, degrees (1,2), 2 heads, r_cut 4 Å (the main job's quick preset)",
+}
+
+
 def run_case(
-    system: str, engine: str, steps: int, remat: bool = False, compile_only: bool = False, seed: int = 0
+    system: str,
+    engine: str,
+    steps: int,
+    remat: bool = False,
+    compile_only: bool = False,
+    seed: int = 0,
+    model_name: str = "paper",
 ) -> dict[str, Any]:
     """One (system, engine) case in this process; returns its numbers.
 
@@ -94,7 +112,7 @@ def run_case(
     from so3krates.md.testing import random_model
     from so3krates.model.config import ModelConfig
 
-    config = ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), r_cut=5.0, dtype="float32", remat=remat)
+    config = ModelConfig(**MODELS[model_name], dtype="float32", remat=remat)
     potential, variables = random_model(config, seed=seed)
     # Random weights give atomic energies of a few eV; keep the scale physical-ish so that 0.5 fs steps
     # do not blow the box apart within the few timed steps (speed does not depend on it).
@@ -104,7 +122,7 @@ def run_case(
     initial_velocities(atoms, 300.0, seed=seed)
     n_atoms = len(atoms)
 
-    result: dict[str, Any] = {"system": system, "engine": engine, "atoms": n_atoms, "remat": remat}
+    result: dict[str, Any] = {"system": system, "engine": engine, "atoms": n_atoms, "remat": remat, "model": model_name}
     start = time.perf_counter()
     if engine == "jax":
         md = JaxMD(model, atoms, "nve", timestep_fs=TIMESTEP_FS, skin=0.5)
@@ -263,13 +281,19 @@ def main() -> int:
     )
     parser.add_argument("--compile-only", action="store_true", help="JAX engine: memory analysis only, no steps")
     parser.add_argument("--merge", action="store_true", help="keep the other cases already in --out")
+    parser.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default="paper",
+        help="paper: " + MODEL_TEXT["paper"] + "; small: " + MODEL_TEXT["small"],
+    )
     parser.add_argument("--case", nargs=3, metavar=("SYSTEM", "ENGINE", "REMAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.case:  # child process: one case, JSON on the last line of stdout
         system, engine, remat = args.case
         steps = args.steps or STEPS[system][engine]
-        print(json.dumps(run_case(system, engine, steps, remat == "on", args.compile_only)))
+        print(json.dumps(run_case(system, engine, steps, remat == "on", args.compile_only, model_name=args.model)))
         return 0
 
     results: list[dict[str, Any]] = []
@@ -285,7 +309,7 @@ def main() -> int:
     payload: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "command": command,
-        "model": "F=132, 6 layers, degrees (1,2,3), r_cut 5 Å, float32, random weights; NVE 0.5 fs, skin 0.5 Å",
+        "model": MODEL_TEXT[args.model] + ", float32, random weights; NVE 0.5 fs, skin 0.5 Å",
         "environment": environment(),
         "results": results,
     }
@@ -312,7 +336,7 @@ def main() -> int:
                     | stamp
                 )
                 continue
-            argv = [sys.executable, __file__, "--case", system, engine, "on" if remat else "off"]
+            argv = [sys.executable, __file__, "--case", system, engine, "on" if remat else "off", "--model", args.model]
             if args.steps:
                 argv += ["--steps", str(args.steps)]
             if args.compile_only:

@@ -9,6 +9,7 @@ Weights are random: the cost does not depend on their values.
 
     python benchmarks/speed.py                       # everything, JSON in benchmarks/results/speed.json
     python benchmarks/speed.py --sizes 51 201 --repeats 5
+    python benchmarks/speed.py --flops --sizes 51 201 801    # XLA FLOP counts vs this machine's matmul rate
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -159,7 +161,8 @@ def toluene_protocol(potential: Potential, repeats: int) -> dict:
     }
 
 
-def scaling(potential: Potential, sizes: list[int], repeats: int) -> list[dict]:
+def scaling(potential: Potential, sizes: list[int], repeats: int, on_row=None) -> list[dict]:  # noqa: ANN001
+    """Water clusters of ``sizes`` atoms; a size that does not fit in memory is recorded as such."""
     variables = None
     rows = []
     for n in sizes:
@@ -168,7 +171,16 @@ def scaling(potential: Potential, sizes: list[int], repeats: int) -> list[dict]:
         if variables is None:
             variables = potential.init(jax.random.PRNGKey(0), batch)
         t0 = time.perf_counter()
-        jax.block_until_ready(potential.energy_forces(variables, batch))
+        try:
+            jax.block_until_ready(potential.energy_forces(variables, batch))
+        except jax.errors.JaxRuntimeError as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            rows.append({"atoms": len(pos), "edges": int(batch.edge_mask.sum()), "error": str(err).splitlines()[0]})
+            print(f"  water {len(pos):6d} atoms: {rows[-1]['error']}")
+            if on_row:
+                on_row(rows)
+            continue
         compile_s = time.perf_counter() - t0
         reps = repeats if len(pos) <= 2500 else max(3, repeats // 3)
         ms = median_ms(lambda b=batch, v=variables: potential.energy_forces(v, b), reps)
@@ -191,7 +203,52 @@ def scaling(potential: Potential, sizes: list[int], repeats: int) -> list[dict]:
             f"  water {len(pos):6d} atoms {edges:8d} edges: {ms:9.1f} ms ({1e3 * ms / edges:.1f} µs/edge), "
             f"tabulated {ms_tab:9.1f} ms ({1e3 * ms_tab / edges:.1f} µs/edge)"
         )
+        if on_row:
+            on_row(rows)
     return rows
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s): the practical floor a dense model could reach."""
+    a = jax.device_put(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    return 2 * n**3 / (median_ms(lambda: mm(a), repeats) * 1e6)
+
+
+def flop_counts(potential: Potential, sizes: list[int], repeats: int) -> dict:
+    """FLOPs per energy+forces call as XLA counts them (``cost_analysis``), per edge, and the rate reached."""
+    rows = []
+    variables = None
+    for n in sizes:
+        pos, z = water_cluster(n)
+        batch = jax.device_put(collate([make_graph(pos, z, potential.config.r_cut)]))
+        if variables is None:
+            variables = potential.init(jax.random.PRNGKey(0), batch)
+        compiled = jax.jit(potential.predict).lower(variables, batch).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost["flops"])
+        ms = median_ms(lambda c=compiled, v=variables, b=batch: c(v, b), repeats)
+        edges = int(batch.edge_mask.sum())
+        padded = int(batch.edge_mask.shape[0])
+        rows.append(
+            {
+                "atoms": len(pos),
+                "edges": edges,
+                "padded_edges": padded,
+                "gflop": flops / 1e9,
+                "kflop_per_edge": flops / edges / 1e3,
+                "ms": ms,
+                "gflops_reached": flops / (ms * 1e6),
+            }
+        )
+        r = rows[-1]
+        print(
+            f"  water {r['atoms']:6d} atoms: {r['gflop']:.2f} GFLOP ({r['kflop_per_edge']:.0f} kFLOP/edge), "
+            f"{ms:.1f} ms, {r['gflops_reached']:.1f} GFLOP/s"
+        )
+    return {"matmul_gflops": matmul_gflops(), "water_clusters": rows}
 
 
 # The authors' JAX release, same hyperparameters, 2-core machine like ours (issue #2), median ms.
@@ -206,17 +263,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[51, 201, 801, 2001, 10002])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    parser.add_argument("--out", type=Path, default=None, help="JSON (default results/speed.json or speed_flops.json)")
+    parser.add_argument("--flops", action="store_true", help="only the FLOP counts and the matmul rate")
+    parser.add_argument(
+        "--remat", action="store_true", help="per-layer rematerialisation (ModelConfig.remat): less memory, more time"
+    )
     args = parser.parse_args()
 
-    potential = Potential(ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), num_heads=4, r_cut=5.0))
+    config = ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), num_heads=4, r_cut=5.0, remat=args.remat)
+    potential = Potential(config)
+    if args.flops:
+        out = args.out or RESULTS / "speed_flops.json"
+        result = flop_counts(potential, args.sizes, max(3, args.repeats // 3))
+        print(f"  matmul 1024³ float32: {result['matmul_gflops']:.1f} GFLOP/s")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"written {out}")
+        return
+    args.out = args.out or RESULTS / "speed.json"
     result = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "remat": args.remat,
+        "load_average_at_start": os.getloadavg(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "jax": jax.__version__,
             "device": str(jax.devices()[0]),
-        }
+        },
     }
     result["toluene_x4"] = toluene_protocol(potential, args.repeats)
     t = result["toluene_x4"]
@@ -226,10 +300,14 @@ def main() -> None:
         f"train step {t['train_step_ms']:.1f} ms (reference {REFERENCE['toluene_train_step_ms']:.0f}), "
         f"compile {t['compile_inference_s']:.1f} s + {t['compile_train_s']:.1f} s, {t['parameters']} parameters"
     )
-    result["water_clusters"] = scaling(potential, args.sizes, max(3, args.repeats // 3))
     result["reference_authors_release"] = REFERENCE
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+
+    def save(rows: list[dict]) -> None:  # after every size: a later size running out of memory loses nothing
+        result["water_clusters"] = rows
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+
+    save(scaling(potential, args.sizes, max(3, args.repeats // 3), on_row=save))
     print(f"written {args.out}")
 
 
