@@ -384,6 +384,42 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
     return results
 
 
+def efa_signal(carbons: Sequence[int], work: Path, config: Any) -> dict[str, Any]:
+    """What a degree-0 EFA kernel can see of the torsion, from the rigid scans (no model).
+
+    The only torsion-dependent distances of a cumulene are the four between hydrogens of opposite ends
+    (carbons lie on the axis, the two hydrogens of one end are rigid). EFA's kernel between two atoms is
+    Σ_k c_k j₀(θ_k r) (docs/efa.md), so the torsion reaches an EFA layer only through
+    S_k(φ) = Σ_{cross-end H pairs} j₀(θ_k r_ab(φ)). Note Σ r_ab² is the same at every torsion (the
+    perpendicular offsets cancel pairwise), so S_k varies only through the curvature of j₀ in r².
+    Returns per chain the cross-end H–H distance range (Å) and, per frequency θ_k, the range of S_k over
+    the scan (the kernel weight of one pair is at most 1).
+    """
+    from so3krates.model.efa import erope_frequencies
+
+    thetas = erope_frequencies(config.efa_qk_features, config.efa_max_frequency, config.efa_max_length)
+    out: dict[str, Any] = {"theta_per_A": thetas.tolist(), "chains": {}}
+    for n in carbons:
+        scan = paths(work, n)["scan"]
+        if not scan.exists():
+            continue
+        frames, _, _ = read_scan(scan)
+        hydrogens = [i for i, z in enumerate(frames[0].numbers) if z == 1]
+        first, last = hydrogens[:2], hydrogens[2:]
+        cross = np.array([[a.get_distance(i, j) for i in first for j in last] for a in frames])  # (angles, 4)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = thetas[None, None, :] * cross[:, :, None]
+            j0 = np.where(x > 0, np.sin(x) / np.where(x > 0, x, 1.0), 1.0)
+        s = j0.sum(axis=1)  # (angles, K)
+        out["chains"][str(n)] = {
+            "cross_HH_distance_range_A": [float(cross.min()), float(cross.max())],
+            "sum_r2_range_A2": float(np.ptp((cross**2).sum(axis=1))),
+            "S_k_range": np.ptp(s, axis=0).tolist(),
+            "S_k_range_max": float(np.ptp(s, axis=0).max()),
+        }
+    return out
+
+
 # -- figures ---------------------------------------------------------------------------------------------
 def plot_profiles(
     profiles: dict[int, dict[str, np.ndarray]], path: Path, keys: Sequence[str] = ("xtb", "local", "nonlocal")
@@ -535,7 +571,7 @@ def plot_neighbourhood(chi: np.ndarray, angles: np.ndarray, n: int, path: Path) 
 # -- command line ----------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("generate", "train", "evaluate", "all"))
+    parser.add_argument("step", choices=("generate", "train", "evaluate", "all", "efa-signal"))
     parser.add_argument("--carbons", type=int, nargs="+", default=[9, 5, 7, 3], help="chain lengths, in run order")
     parser.add_argument("--work", type=Path, default=WORK, help="data, runs and results.json")
     parser.add_argument("--frames", type=int, default=260, help="training+validation+test frames per chain length")
@@ -564,6 +600,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     log: list[dict[str, Any]] = []
+    if args.step == "efa-signal":
+        config = model_config(
+            "efa",
+            efa_max_length=args.efa_max_length,
+            efa_max_frequency=args.efa_max_frequency,
+            efa_grid_size=args.efa_grid_size,
+        )
+        signal = efa_signal(sorted(args.carbons), args.work, config)
+        (args.work / "efa_signal.json").write_text(json.dumps(signal, indent=2))
+        print("θ_k (1/Å):", " ".join(f"{t:.3f}" for t in signal["theta_per_A"]))
+        for n, c in signal["chains"].items():
+            lo, hi = c["cross_HH_distance_range_A"]
+            print(
+                f"C{n}: cross-end H–H distances {lo:.3f}–{hi:.3f} Å, range of Σr² {c['sum_r2_range_A2']:.1e} Å², "
+                f"range of S_k over the scan: max {c['S_k_range_max']:.2e}; per k "
+                + " ".join(f"{v:.1e}" for v in c["S_k_range"])
+            )
     if args.step in ("generate", "all"):
         for n in args.carbons:
             info = generate(n, args.work, args.frames, args.noise, args.seed, args.overwrite)

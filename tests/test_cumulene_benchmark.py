@@ -83,3 +83,8 @@ def test_evaluate_skips_missing_models(tmp_path, monkeypatch, capsys):
     assert results["skipped"] == [f"C3 {v}" for v in cumulene.VARIANTS]
     assert results["reference"]["3"]["barrier_meV"] == pytest.approx(2000.0)
     assert not figures.exists()  # no figure is written from missing models
+    # EFA signal: Σ r² over the cross-end H–H pairs is torsion independent, the j₀ sums are not
+    signal = cumulene.efa_signal([3], tmp_path, cumulene.model_config("efa"))["chains"]["3"]
+    assert signal["sum_r2_range_A2"] < 1e-6
+    assert signal["cross_HH_distance_range_A"][1] - signal["cross_HH_distance_range_A"][0] > 0.3
+    assert 1e-3 < signal["S_k_range_max"] < 0.1
