@@ -9,7 +9,7 @@ with ``block_until_ready``) of a single structure, for
   + 0.5 Å, so every pair of atoms is an edge (O(n²) like the non-local one, but through the ordinary
   message passing);
 - ``efa``: the local model plus Euclidean fast attention in every layer (docs/efa.md; M = 50, b_max = π,
-  r_max = the diameter + 0.5 Å), O(n).
+  r_max ≥ the diameter: the model's own diameter bound + 0.5 Å), O(n).
 
 The structures are water-density random molecules (H, C, N, O, no two atoms closer than 0.9 Å) of
 ``--sizes`` atoms, so the number of edges per atom of the local model is constant and it should scale
@@ -69,14 +69,22 @@ def global_config(local: Any, margin: float = 0.5) -> Callable[[np.ndarray], Any
     return config
 
 
+def extent_bound(positions: np.ndarray) -> float:
+    """The upper bound on a structure's diameter that ``EfaUpdate`` checks against r_max (it warns above):
+    min(2·max_i |r_i − centroid|, bounding-box diagonal) ≥ the diameter."""
+    radius = float(np.max(np.linalg.norm(positions - positions.mean(axis=0), axis=-1)))
+    return min(2.0 * radius, float(np.linalg.norm(np.ptp(positions, axis=0))))
+
+
 def efa_config(local: Any, margin: float = 0.5) -> Callable[[np.ndarray], Any]:
-    """``local`` plus EFA in every layer, r_max = diameter + ``margin`` (grid M = 50, b_max = π)."""
+    """``local`` plus EFA in every layer, r_max = :func:`extent_bound` + ``margin`` ≥ the diameter (grid
+    M = 50, b_max = π; the cost does not depend on r_max)."""
 
     def config(positions: np.ndarray) -> Any:
         return dataclasses.replace(
             local,
             global_attention="efa",
-            efa_max_length=diameter(positions) + margin,
+            efa_max_length=extent_bound(positions) + margin,
             efa_max_frequency=math.pi,
             efa_grid_size=50,
         )

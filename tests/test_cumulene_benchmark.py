@@ -56,7 +56,8 @@ def test_global_model_has_every_pair_as_edge():
     assert make_graph(positions, numbers, config.r_cut).n_edges == 40 * 39
     assert make_graph(positions, numbers, local.r_cut).n_edges < 40 * 39
     efa = scaling.efa_config(local)(positions)
-    assert efa.global_attention == "efa" and efa.efa_max_length > scaling.diameter(positions)
+    assert efa.global_attention == "efa" and efa.efa_max_length > scaling.extent_bound(positions)
+    assert scaling.extent_bound(positions) >= scaling.diameter(positions)
     assert scaling.estimated_bytes(config, 40, 40 * 39) > scaling.estimated_bytes(local, 40, 100)
 
 
