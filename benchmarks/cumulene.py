@@ -360,7 +360,8 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
     elif profiles:
         print(f"cumulene_profiles.png not written (missing models: {', '.join(missing)})", flush=True)
     if any(v in d for d in profiles.values() for v in ("efa", "nonlocal_efa")):
-        plot_profiles(profiles, FIGURES / "cumulene_efa_profiles.png", ("xtb", *VARIANTS))
+        with_models = {n: d for n, d in profiles.items() if any(v in d for v in VARIANTS)}
+        plot_profiles(with_models, FIGURES / "cumulene_efa_profiles.png", ("xtb", *VARIANTS))
     if figures_chain in profiles and "nonlocal" in profiles[figures_chain]:
         potential, variables, _ = load_model(paths(work, figures_chain)["nonlocal"])
         frames, angles, _ = read_scan(paths(work, figures_chain)["scan"])
@@ -464,7 +465,7 @@ def plot_profiles(
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     axes.flat[0].legend(list(handles.values()), list(handles), fontsize=7, frameon=False)
-    fig.suptitle("Cumulene rotor torsion, r_cut 2.5 Å, 4 layers, l_max 1, force-only training", fontsize=9)
+    fig.suptitle("Cumulene rotor torsion, r_cut 2.5 Å, 4 layers, l_max 1, force-only training, 240 s", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
