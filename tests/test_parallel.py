@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from process_helpers import free_port, run_together
 
 HERE = Path(__file__).resolve()
 
@@ -120,12 +120,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_process_shard_and_device_split():
     from so3krates.train.parallel import process_shard, split_for_devices
 
@@ -154,27 +148,9 @@ def test_two_devices_take_the_same_step_as_one(tmp_path):
 
 
 def test_two_processes_train_together_and_only_process_0_writes(tmp_path):
-    coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE), "distributed", str(tmp_path), coordinator, str(i)],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=240)
-            assert p.returncode == 0, stderr[-3000:]
-            outputs.append(stdout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    coordinator = f"127.0.0.1:{free_port()}"
+    commands = [[sys.executable, str(HERE), "distributed", str(tmp_path), coordinator, str(i)] for i in range(2)]
+    outputs = run_together(commands, _env(), timeout=240, merge_stderr=False)
     reports = [json.loads(next(x for x in out.splitlines() if x.startswith("REPORT "))[7:]) for out in outputs]
     assert reports[0]["indices"] == [0, 1, 2, 3] and reports[1]["indices"] == [4, 5, 6]
     assert reports[0]["losses"] == reports[1]["losses"]  # one global loss, the same on both processes

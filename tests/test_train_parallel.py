@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from process_helpers import free_port, run_together
 from test_train_helpers import emt_dataset, tiny_yaml
 
 HERE = Path(__file__).resolve()
@@ -110,36 +110,10 @@ def test_a_stream_directory_trains_the_same_model_as_its_file(inputs, tmp_path, 
     assert len(_rows(tmp_path / "stream" / "metrics.csv")) == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(args: list[str], tmp_path: Path) -> list[str]:
-    coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "so3krates.cli.main", *args, "--coordinator", coordinator]
-            + ["--num-processes", "2", "--process-id", str(i)],
-            env=_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=300)
-            assert p.returncode == 0, out[-4000:]
-            outputs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return outputs
+    coordinator = f"127.0.0.1:{free_port()}"
+    base = [sys.executable, "-m", "so3krates.cli.main", *args, "--coordinator", coordinator, "--num-processes", "2"]
+    return run_together([[*base, "--process-id", str(i)] for i in range(2)], _env(tmp_path))
 
 
 def test_two_processes_train_one_run_and_resume_it(inputs, tmp_path):
