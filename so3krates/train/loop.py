@@ -295,6 +295,8 @@ def train(
         split = make_split(len(frames), config.n_train, config.n_valid, config.n_test, seed=config.seed)
     if len(split["train"]) == 0:
         raise ValueError(f"{data_path}: the split leaves no training frames")
+    if len(split["train"]) < n_proc:
+        raise ValueError(f"{data_path}: {len(split['train'])} training frames cannot be shared by {n_proc} processes")
 
     elements = elements_of(frames, split["train"])
     unseen = sorted(set(elements_of(frames, split["valid"])) - set(elements))
