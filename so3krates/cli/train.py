@@ -183,7 +183,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--nonlocal-p",
-        "--p",
         dest="nonlocal_p",
         type=int,
         help="p of the polynomial cutoff (eq. 29) of the non-local correction (default 6)",
@@ -191,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--global-attention",
         choices=("efa",),
-        help="global interactions at linear cost: efa = Euclidean fast attention in every layer (docs/efa.md)",
+        help="global interactions at linear cost: efa = Euclidean fast attention (docs/efa.md), in every layer "
+        "unless --efa-layers",
     )
     model.add_argument("--efa-qk-features", type=int, help="EFA query/key width, even (default 16)")
     model.add_argument("--efa-v-features", type=int, help="EFA value width (default 32)")
