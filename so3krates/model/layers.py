@@ -128,16 +128,35 @@ class MLP(nn.Module):
         return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.dtype, name="dense_1")(x)
 
 
+class _DenseParameters(nn.Module):
+    """The kernel and bias of a Dense layer, declared as :class:`flax.linen.Dense` declares them (same names,
+    shapes and initialisers, hence the same parameter tree and initial values) but returned, not applied."""
+
+    in_features: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features), self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+        return kernel, bias
+
+
 class RadialFilters(nn.Module):
     """The radial filters φ_r(θ(r_ij)) of every layer and block (eq. 16, A.3: MLP [radial_hidden, F]).
 
-    The radial basis θ(r_ij) (eq. 30) is the same in every layer, so the first Dense layers of all
-    2·num_layers radial filters are one (K → 2·num_layers·radial_hidden) matrix product and the second
-    layers one batched product, computed once per call instead of once per filter. They depend on the
-    distance alone, which is what :func:`tabulate_radial_filters` exploits for inference.
+    The radial basis θ(r_ij) (eq. 30) is the same in every layer, so all 2·num_layers filters are computed
+    here once per call, each as its own small MLP (P, K) → (P, C) → (P, F) with a contiguous (P, F) result.
+    That is what makes it fast on CPU: written as one (K → 2·num_layers·C) product followed by a batched
+    one, XLA transposed the (P, 2·num_layers·C) hidden activations in a copy that cost 15 of 50 ms of the
+    Table 3 toluene call; stacking the results into one array costs a zero-padded copy per filter in the
+    backward pass (docs/speed.md). The parameters are stored as one Dense layer ``hidden`` and a stacked
+    second layer (the parameter tree of earlier versions). The filters depend on the distance alone, which
+    is what :func:`tabulate_radial_filters` exploits for inference.
 
     Returns:
-        (P, num_layers, 2, F): the radial filter of the feature (0) and SPHC (1) block of every layer.
+        For every layer the pair (feature filter, SPHC filter), each (P, F).
     """
 
     num_layers: int
@@ -146,44 +165,61 @@ class RadialFilters(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, rbf: Array) -> Array:
+    def __call__(self, rbf: Array) -> list[tuple[Array, Array]]:
         L, C, F = self.num_layers, self.radial_hidden, self.features
-        h = nn.Dense(2 * L * C, dtype=self.dtype, param_dtype=self.dtype, name="hidden")(rbf)
-        h = nn.silu(h).reshape(rbf.shape[0], L, 2, C)
+        hidden_kernel, hidden_bias = _DenseParameters(rbf.shape[-1], 2 * L * C, self.dtype, name="hidden")()
+        hidden_kernel = hidden_kernel.reshape(-1, L, 2, C)
+        hidden_bias = hidden_bias.reshape(L, 2, C)
         kernel = self.param("kernel", nn.initializers.lecun_normal(batch_axis=(0, 1)), (L, 2, C, F), self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (L, 2, F), self.dtype)
-        return jnp.einsum("elbc,lbcf->elbf", h, kernel) + bias
+
+        def mlp(t: int, b: int) -> Array:
+            return nn.silu(rbf @ hidden_kernel[:, t, b] + hidden_bias[t, b]) @ kernel[t, b] + bias[t, b]
+
+        return [(mlp(t, 0), mlp(t, 1)) for t in range(L)]
 
 
 @flax.struct.dataclass
 class RadialTable:
     """Radial filters of all layers tabulated on a uniform grid over [0, r_cut] for cubic Hermite
-    interpolation: ``values`` and ``slopes`` (exact derivatives from autodiff) at the grid points, each of
-    shape (num_points, num_layers, 2, F)."""
+    interpolation, stored per grid interval as the coefficients of the cubic in t ∈ [0, 1] (values and
+    exact slopes at both ends folded in), shape (num_layers, 2, num_points − 1, 4, F): one contiguous row
+    per interval, so that interpolation is one gather of rows followed by Horner's rule."""
 
     spacing: Array
-    values: Array
-    slopes: Array
+    coefficients: Array
 
 
-def interpolate_radial_filters(r: Array, table: RadialTable) -> Array:
-    """Cubic Hermite interpolation of the tabulated radial filters at distances r, (P,) → (P, L, 2, F).
+def hermite_table(spacing: Array, values: Array, slopes: Array) -> RadialTable:
+    """Cubic Hermite coefficients per interval from values and slopes at the grid points, each of shape
+    (num_layers, 2, num_points, F): p(t) = v₀ + m₀t + (3Δ − 2m₀ − m₁)t² + (m₀ + m₁ − 2Δ)t³ with m = h·slope
+    and Δ = v₁ − v₀."""
+    v0, v1 = values[:, :, :-1], values[:, :, 1:]
+    m0, m1 = spacing * slopes[:, :, :-1], spacing * slopes[:, :, 1:]
+    delta = v1 - v0
+    coefficients = jnp.stack([v0, m0, 3 * delta - 2 * m0 - m1, m0 + m1 - 2 * delta], axis=-2)
+    return RadialTable(spacing=spacing, coefficients=coefficients)
+
+
+def interpolate_radial_filters(r: Array, table: RadialTable) -> list[tuple[Array, Array]]:
+    """Cubic Hermite interpolation of the tabulated radial filters at distances r (P,): for every layer
+    the pair (feature filter, SPHC filter), each (P, F), as :class:`RadialFilters` returns them.
 
     Beyond the last grid point (r ≥ r_cut, where θ = 0 and the filter is constant) the last value is
     used. The interpolant is C¹, so forces stay continuous; its error is O(h⁴).
     """
-    n = table.values.shape[0]
-    x = jnp.clip(r / table.spacing, 0.0, n - 1.0)
-    k = jnp.minimum(jnp.floor(x).astype(jnp.int32), n - 2)
-    t = (x - k)[:, None, None, None]
-    h = table.spacing
-    t2, t3 = t * t, t * t * t
-    return (
-        (2 * t3 - 3 * t2 + 1) * table.values[k]
-        + (t3 - 2 * t2 + t) * h * table.slopes[k]
-        + (-2 * t3 + 3 * t2) * table.values[k + 1]
-        + (t3 - t2) * h * table.slopes[k + 1]
-    )
+    intervals = table.coefficients.shape[2]
+    x = jnp.clip(r / table.spacing, 0.0, float(intervals))
+    k = jnp.minimum(jnp.floor(x).astype(jnp.int32), intervals - 1)
+    t = (x - k)[:, None]
+
+    def horner(coefficients: Array) -> Array:  # one filter: (intervals, 4, F) → (P, F)
+        c = coefficients[k]
+        return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+
+    # One gather per filter, so that each lands contiguous in (P, 4, F) rather than edge-major across filters.
+    num_layers, num_blocks = table.coefficients.shape[:2]
+    return [tuple(horner(table.coefficients[l, b]) for b in range(num_blocks)) for l in range(num_layers)]
 
 
 class RadialSphericalFilter(nn.Module):
@@ -346,9 +382,9 @@ class So3kratesLayer(nn.Module):
         x: Array,
         chi: Array,
         edges: Pairs,
-        edge_radial: Array,
+        edge_radial: tuple[Array, Array],
         sphc_pairs: Pairs | None = None,
-        pair_radial: Array | None = None,
+        pair_radial: tuple[Array, Array] | None = None,
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         F, H, layout = self.features, self.num_heads, self.layout
@@ -375,11 +411,11 @@ class So3kratesLayer(nn.Module):
         k_f_j, v_f_j, k_s_j, chi_j = jnp.split(neighbour, [F, 2 * F, 3 * F], axis=-1)
         spherical_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))  # eq. 16 input
 
-        w_f = feature_filter(edge_radial[:, 0], spherical_h[:, :sh])
+        w_f = feature_filter(edge_radial[0], spherical_h[:, :sh])
         messages = feature_messages(attention_coefficients(q_f_i, k_f_j, w_f, H), edges.cutoff, v_f_j)
 
         if sphc_pairs is None:  # local SPHC attention on the same edges: one segment sum for both updates
-            w_s = sphc_filter(edge_radial[:, 1], spherical_h[:, sh:])
+            w_s = sphc_filter(edge_radial[1], spherical_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             messages = jnp.concatenate([messages, sphc_messages(alpha_s, edges.cutoff, edges.sph, layout)], -1)
             dx, dchi = jnp.split(segment_sum(messages, edges.i, num_atoms), [F], axis=-1)
@@ -390,7 +426,7 @@ class So3kratesLayer(nn.Module):
             q_s_i, chi_i = jnp.split(p_centre, [F], axis=-1)
             k_s_j, chi_j = jnp.split(p_neighbour, [F], axis=-1)
             pair_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))
-            w_s = sphc_filter(pair_radial[:, 1], pair_h[:, sh:])
+            w_s = sphc_filter(pair_radial[1], pair_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             weight = sphc_pairs.cutoff + (nonlocal_fn(chi) if nonlocal_fn is not None else 0.0)
             dchi = segment_sum(sphc_messages(alpha_s, weight, sphc_pairs.sph, layout), sphc_pairs.i, num_atoms)

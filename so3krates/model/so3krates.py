@@ -16,6 +16,7 @@ from so3krates.model.layers import (
     RadialFilters,
     RadialTable,
     So3kratesLayer,
+    hermite_table,
     init_sphc,
     interpolate_radial_filters,
     segment_sum,
@@ -24,6 +25,7 @@ from so3krates.model.layers import (
 from so3krates.so3 import DegreeLayout, cosine_cutoff, physnet_radial_basis, safe_norm, spherical_harmonics
 
 Array = jax.Array
+Filters = tuple[Array, Array]  # one layer's radial filters (feature block, SPHC block), each (P, F)
 
 
 def pair_geometry(vectors: Array, i: Array, j: Array, mask: Array, config: ModelConfig, layout: DegreeLayout) -> Pairs:
@@ -90,7 +92,7 @@ class So3krates(nn.Module):
             return radial_module(pairs.rbf)
 
         # With remat and a table, each layer interpolates its own filters inside its rematerialised region:
-        # the (P, num_layers, 2, F) filters of all layers and their cotangents are never alive at once.
+        # the (P, F) filters of all layers of all layers and their cotangents are never alive at once.
         per_layer_table = cfg.remat and radial_table is not None
         edge_radial = None if per_layer_table else radial_filters(edges)
         pair_radial = None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs)
@@ -100,11 +102,11 @@ class So3krates(nn.Module):
         for t in range(cfg.num_layers):
             x_in = x
             if per_layer_table:
-                edge_filters: Array | RadialTable = _layer_table(radial_table, t)
-                pair_filters: Array | RadialTable | None = edge_filters if sphc_pairs is not None else None
+                edge_filters: Filters | RadialTable = _layer_table(radial_table, t)
+                pair_filters: Filters | RadialTable | None = edge_filters if sphc_pairs is not None else None
             else:
-                edge_filters = edge_radial[:, t]
-                pair_filters = pair_radial[:, t] if pair_radial is not None else None
+                edge_filters = edge_radial[t]
+                pair_filters = pair_radial[t] if pair_radial is not None else None
             x, chi = layer_class(
                 cfg.features,
                 cfg.num_heads,
@@ -133,8 +135,8 @@ class So3krates(nn.Module):
 
 
 def _layer_table(table: RadialTable, t: int) -> RadialTable:
-    """The radial-filter table of layer t alone, values and slopes of shape (num_points, 1, 2, F)."""
-    return RadialTable(spacing=table.spacing, values=table.values[:, t : t + 1], slopes=table.slopes[:, t : t + 1])
+    """The radial-filter table of layer t alone, coefficients of shape (1, 2, num_points − 1, 4, F)."""
+    return RadialTable(spacing=table.spacing, coefficients=table.coefficients[t : t + 1])
 
 
 class _LayerFilters(So3kratesLayer):
@@ -151,15 +153,15 @@ class _LayerFilters(So3kratesLayer):
         x: Array,
         chi: Array,
         edges: Pairs,
-        edge_radial: Array | RadialTable,
+        edge_radial: Filters | RadialTable,
         sphc_pairs: Pairs | None = None,
-        pair_radial: Array | RadialTable | None = None,
+        pair_radial: Filters | RadialTable | None = None,
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         if isinstance(edge_radial, RadialTable):
-            edge_radial = interpolate_radial_filters(edges.r, edge_radial)[:, 0]
+            edge_radial = interpolate_radial_filters(edges.r, edge_radial)[0]
         if isinstance(pair_radial, RadialTable):
-            pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[:, 0]
+            pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[0]
         return super().__call__(x, chi, edges, edge_radial, sphc_pairs, pair_radial, nonlocal_fn)
 
 
@@ -184,5 +186,8 @@ def tabulate_radial_filters(params: dict, config: ModelConfig, num_points: int =
         rbf = physnet_radial_basis(r, config.r_cut, config.num_radial)
         return module.apply({"params": params["radial_filters"]}, rbf)
 
-    values, slopes = jax.jvp(filters, (grid,), (jnp.ones_like(grid),))
-    return RadialTable(spacing=grid[1] - grid[0], values=values, slopes=slopes)
+    def stacked(r: Array) -> Array:  # (num_layers, 2, num_points, F)
+        return jnp.stack([jnp.stack(pair) for pair in filters(r)])
+
+    values, slopes = jax.jvp(stacked, (grid,), (jnp.ones_like(grid),))
+    return hermite_table(grid[1] - grid[0], values, slopes)
