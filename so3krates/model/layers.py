@@ -365,8 +365,8 @@ class So3kratesLayer(nn.Module):
     (``sphc_pairs``) with the spherical-neighbourhood weights given by ``nonlocal_fn(χ)``.
 
     For speed, all five projections (W_q, W_k, W_v of the feature block; W_q, W_k of the SPHC block) are
-    one matrix product, centre and neighbour quantities are gathered once, and both updates are one
-    segment sum: on CPU the number of separate operations, not the FLOPs, limits small molecules.
+    one matrix product; each per-edge quantity is gathered by itself (a concatenated gather split
+    afterwards cost 25 % more on the 201-atom water droplet, docs/speed.md).
     """
 
     features: int
@@ -404,27 +404,24 @@ class So3kratesLayer(nn.Module):
         sphc_filter = RadialSphericalFilter(F, self.dtype, name="sphc_filter")
         sh = self.spherical_hidden
 
-        # Gather once per side: centre i and neighbour j quantities of every edge.
-        centre = jnp.concatenate([q_f, q_s, chi], axis=-1)[edges.i]
-        neighbour = jnp.concatenate([k_f, v_f, k_s, chi], axis=-1)[edges.j]
-        q_f_i, q_s_i, chi_i = jnp.split(centre, [F, 2 * F], axis=-1)
-        k_f_j, v_f_j, k_s_j, chi_j = jnp.split(neighbour, [F, 2 * F, 3 * F], axis=-1)
+        # Centre i and neighbour j quantities of every edge, one gather each: XLA fuses each into its
+        # consumers, where gathering one concatenated array and splitting it cost a copy per part.
+        q_f_i, q_s_i, chi_i = q_f[edges.i], q_s[edges.i], chi[edges.i]
+        k_f_j, v_f_j, k_s_j, chi_j = k_f[edges.j], v_f[edges.j], k_s[edges.j], chi[edges.j]
         spherical_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))  # eq. 16 input
 
         w_f = feature_filter(edge_radial[0], spherical_h[:, :sh])
         messages = feature_messages(attention_coefficients(q_f_i, k_f_j, w_f, H), edges.cutoff, v_f_j)
 
-        if sphc_pairs is None:  # local SPHC attention on the same edges: one segment sum for both updates
+        if sphc_pairs is None:  # local SPHC attention on the same edges
             w_s = sphc_filter(edge_radial[1], spherical_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
-            messages = jnp.concatenate([messages, sphc_messages(alpha_s, edges.cutoff, edges.sph, layout)], -1)
-            dx, dchi = jnp.split(segment_sum(messages, edges.i, num_atoms), [F], axis=-1)
+            dx = segment_sum(messages, edges.i, num_atoms)
+            dchi = segment_sum(sphc_messages(alpha_s, edges.cutoff, edges.sph, layout), edges.i, num_atoms)
         else:  # non-local correction: SPHC attention over all pairs (eq. 14)
             dx = segment_sum(messages, edges.i, num_atoms)
-            p_centre = jnp.concatenate([q_s, chi], axis=-1)[sphc_pairs.i]
-            p_neighbour = jnp.concatenate([k_s, chi], axis=-1)[sphc_pairs.j]
-            q_s_i, chi_i = jnp.split(p_centre, [F], axis=-1)
-            k_s_j, chi_j = jnp.split(p_neighbour, [F], axis=-1)
+            q_s_i, chi_i = q_s[sphc_pairs.i], chi[sphc_pairs.i]
+            k_s_j, chi_j = k_s[sphc_pairs.j], chi[sphc_pairs.j]
             pair_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))
             w_s = sphc_filter(pair_radial[1], pair_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
