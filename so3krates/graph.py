@@ -50,6 +50,50 @@ def neighbour_list(
     return i.astype(np.int32), j.astype(np.int32), shifts.astype(np.int32)
 
 
+def pair_edges(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Order of a full neighbour list that puts every edge opposite its reverse: with m = len(i) // 2,
+    edge k < m is i→j with shift S and edge m + k is j→i with shift −S.
+
+    The model evaluates what depends on the distance alone (radial filters, eq. 16) once per pair on the
+    first half and reuses it for the second (``Batch.edges_paired``). A full list is symmetric, so every
+    edge has its reverse; for an atom and its own periodic image (i = j) the edge with the
+    lexicographically positive shift goes first.
+
+    Returns:
+        (E,) permutation of the edges.
+    Raises:
+        ValueError: if some edge has no reverse (not a full neighbour list).
+    """
+    i, j, shifts = np.asarray(i), np.asarray(j), np.asarray(shifts).reshape(-1, 3)
+    nonzero = shifts != 0
+    first = np.argmax(nonzero, axis=1)  # first non-zero component of the shift (0 if none)
+    positive_shift = np.take_along_axis(shifts, first[:, None], axis=1)[:, 0] > 0
+    forward = (i < j) | ((i == j) & positive_shift)
+    fwd, rev = np.flatnonzero(forward), np.flatnonzero(~forward)
+    # Sort both halves by the same key, (i, j, S) of the forward edge and (j, i, −S) of the reverse.
+    fwd = fwd[np.lexsort((*shifts[fwd].T[::-1], j[fwd], i[fwd]))]
+    rev = rev[np.lexsort((*(-shifts[rev]).T[::-1], i[rev], j[rev]))]
+    if (
+        len(fwd) != len(rev)
+        or not np.array_equal(i[fwd], j[rev])
+        or not np.array_equal(j[fwd], i[rev])
+        or not np.array_equal(shifts[fwd], -shifts[rev])
+    ):
+        raise ValueError("the neighbour list is not symmetric: some edge i→j has no edge j→i")
+    return np.concatenate([fwd, rev])
+
+
+def edges_are_paired(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> bool:
+    """True if the edges are ordered as :func:`pair_edges` orders them (each opposite its reverse)."""
+    m, odd = divmod(len(i), 2)
+    return (
+        not odd
+        and np.array_equal(i[:m], j[m:])
+        and np.array_equal(j[:m], i[m:])
+        and np.array_equal(shifts[:m], -shifts[m:])
+    )
+
+
 def check_structure(
     positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, where: str = "structure"
 ) -> None:
@@ -96,7 +140,8 @@ class Graph:
 
     Attributes:
         positions: (n, 3).  numbers: (n,).  cell: (3, 3), zeros for molecules.  pbc: (3,).
-        edge_i, edge_j: (E,) centre and neighbour atom of each directed edge.
+        edge_i, edge_j: (E,) centre and neighbour atom of each directed edge; :func:`make_graph` orders them
+            with :func:`pair_edges` (the second half reverses the first).
         edge_shift: (E, 3) integer cell shifts, r_ij = r_j − r_i + edge_shift @ cell.
         energy: scalar or None.  forces: (n, 3) or None.  stress: (3, 3) or None.
     """
@@ -141,7 +186,8 @@ def make_graph(
     if check:
         check_structure(positions, numbers, cell, pbc, where)
     i, j, shifts = neighbour_list(positions, cell, pbc, r_cut)
-    return Graph(positions, numbers, cell, pbc, i, j, shifts, energy, forces, stress)
+    order = pair_edges(i, j, shifts)
+    return Graph(positions, numbers, cell, pbc, i[order], j[order], shifts[order], energy, forces, stress)
 
 
 def graph_from_atoms(atoms, r_cut: float, where: str = "structure", check: bool = True) -> Graph:  # noqa: ANN001
@@ -173,6 +219,8 @@ class Batch:
         has_energy, has_forces, has_stress: (G,) which labels are present.
         pair_i, pair_j, pair_mask: (P,) all ordered pairs i ≠ j within each structure; empty unless
             the batch was built with ``all_pairs=True`` (for the non-local correction, eq. 14).
+        edges_paired: static; True if edge e < E/2 and edge E/2 + e are each other's reverse (padding
+            edges included), so that the model computes per-pair quantities on the first half only.
     """
 
     positions: np.ndarray
@@ -196,6 +244,7 @@ class Batch:
     pair_i: np.ndarray
     pair_j: np.ndarray
     pair_mask: np.ndarray
+    edges_paired: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def num_graphs(self) -> int:
@@ -279,6 +328,9 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
     has_forces = np.zeros(G, bool)
     has_stress = np.zeros(G, bool)
     pair_lists: list[tuple[np.ndarray, np.ndarray]] = []
+    # Paired layout (each graph's forward edges in the first half, their reverses at the same place in
+    # the second) when every graph's edges are paired, as make_graph builds them.
+    paired = E % 2 == 0 and all(edges_are_paired(g.edge_i, g.edge_j, g.edge_shift) for g in graphs)
 
     a = e = 0
     for g, graph in enumerate(graphs):
@@ -287,10 +339,15 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
         numbers[a : a + n] = graph.numbers
         node_graph[a : a + n] = g
         node_mask[a : a + n] = True
-        edge_i[e : e + m] = graph.edge_i + a
-        edge_j[e : e + m] = graph.edge_j + a
-        edge_shift[e : e + m] = graph.edge_shift
-        edge_mask[e : e + m] = True
+        if paired:
+            h = m // 2
+            place = np.r_[e // 2 : e // 2 + h, E // 2 + e // 2 : E // 2 + e // 2 + h]
+        else:
+            place = np.arange(e, e + m)
+        edge_i[place] = graph.edge_i + a
+        edge_j[place] = graph.edge_j + a
+        edge_shift[place] = graph.edge_shift
+        edge_mask[place] = True
         cell[g] = graph.cell
         pbc[g] = graph.pbc
         graph_mask[g] = True
@@ -345,4 +402,5 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
         pair_i=pair_i,
         pair_j=pair_j,
         pair_mask=pair_mask,
+        edges_paired=paired,
     )

@@ -141,12 +141,13 @@ def template_batch(
 
 
 def with_neighbours(batch: Batch, neighbours: Neighbours) -> Batch:
-    """``batch`` with the edges of ``neighbours``."""
+    """``batch`` with the edges of ``neighbours`` (paired, as SkinNeighbourList builds them)."""
     return batch.replace(
         edge_i=neighbours.edge_i,
         edge_j=neighbours.edge_j,
         edge_shift=neighbours.edge_shift,
         edge_mask=neighbours.edge_mask,
+        edges_paired=True,
     )
 
 

@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import numpy as np
 
-from so3krates.graph import MIN_DISTANCE, bucket, neighbour_list
+from so3krates.graph import MIN_DISTANCE, bucket, neighbour_list, pair_edges
 
 Array = jax.Array
 
@@ -32,6 +32,7 @@ class Neighbours:
 
     Attributes:
         edge_i, edge_j: (E,) centre and neighbour atom; padding edges join the padding atom to itself.
+            Paired (``Batch.edges_paired``): edge e < E/2 and edge E/2 + e are each other's reverse.
         edge_shift: (E, 3) integer cell shifts, r_ij = r_j − r_i + edge_shift @ cell.
         edge_mask: (E,) True for listed pairs.
         reference: (n, 3) positions of the real atoms at the build, for the displacement check.
@@ -103,7 +104,11 @@ class SkinNeighbourList:
         edge_j = np.full(E, self.pad_atom, np.int32)
         edge_shift = np.zeros((E, 3), np.int32)
         edge_mask = np.zeros(E, bool)
-        edge_i[:n_edges], edge_j[:n_edges], edge_shift[:n_edges], edge_mask[:n_edges] = i, j, shifts, True
+        # Paired layout (Batch.edges_paired): forward edges from 0, their reverses from E / 2 (E is even).
+        order = pair_edges(i, j, shifts)
+        h = n_edges // 2
+        place = np.r_[0:h, E // 2 : E // 2 + h]
+        edge_i[place], edge_j[place], edge_shift[place], edge_mask[place] = i[order], j[order], shifts[order], True
         return Neighbours(edge_i, edge_j, edge_shift, edge_mask, positions.copy())
 
     def needs_rebuild(self, positions: np.ndarray, neighbours: Neighbours) -> bool:

@@ -375,6 +375,7 @@ class So3kratesLayer(nn.Module):
     spherical_hidden: int
     parity_even_only: bool = False
     dtype: jnp.dtype = jnp.float32
+    paired_edges: bool = False  # Batch.edges_paired: the edges' second half reverses the first
 
     @nn.compact
     def __call__(
@@ -406,15 +407,22 @@ class So3kratesLayer(nn.Module):
 
         # Centre i and neighbour j quantities of every edge, one gather each: XLA fuses each into its
         # consumers, where gathering one concatenated array and splitting it cost a copy per part.
-        q_f_i, q_s_i, chi_i = q_f[edges.i], q_s[edges.i], chi[edges.i]
-        k_f_j, v_f_j, k_s_j, chi_j = k_f[edges.j], v_f[edges.j], k_s[edges.j], chi[edges.j]
-        spherical_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))  # eq. 16 input
+        q_f_i, q_s_i = q_f[edges.i], q_s[edges.i]
+        k_f_j, v_f_j, k_s_j = k_f[edges.j], v_f[edges.j], k_s[edges.j]
+        # The filters (eq. 16) are symmetric, w_ij = w_ji: with paired edges they are computed for the first
+        # half (one direction of every pair; edge_radial is given for that half) and used for both.
+        filter_edges = edges.i.shape[0] // 2 if self.paired_edges else edges.i.shape[0]
+        chi_ij = chi[edges.j[:filter_edges]] - chi[edges.i[:filter_edges]]
+        spherical_h = nn.silu(spherical_first(per_degree_norm(chi_ij, layout)))  # eq. 16 input
 
-        w_f = feature_filter(edge_radial[0], spherical_h[:, :sh])
+        def both_directions(w: Array) -> Array:
+            return jnp.concatenate([w, w]) if self.paired_edges else w
+
+        w_f = both_directions(feature_filter(edge_radial[0], spherical_h[:, :sh]))
         messages = feature_messages(attention_coefficients(q_f_i, k_f_j, w_f, H), edges.cutoff, v_f_j)
 
         if sphc_pairs is None:  # local SPHC attention on the same edges
-            w_s = sphc_filter(edge_radial[1], spherical_h[:, sh:])
+            w_s = both_directions(sphc_filter(edge_radial[1], spherical_h[:, sh:]))
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             dx = segment_sum(messages, edges.i, num_atoms)
             dchi = segment_sum(sphc_messages(alpha_s, edges.cutoff, edges.sph, layout), edges.i, num_atoms)

@@ -67,6 +67,7 @@ class So3krates(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         layout = DegreeLayout(cfg.degrees)
         num_atoms = batch.numbers.shape[0]
+        num_edges = batch.edge_i.shape[0]
 
         edges = pair_geometry(edge_vectors, batch.edge_i, batch.edge_j, batch.edge_mask, cfg, layout)
         sphc_pairs = None
@@ -86,16 +87,21 @@ class So3krates(nn.Module):
         self.sow("intermediates", "sphc", chi)
         radial_module = RadialFilters(cfg.num_layers, cfg.radial_hidden, cfg.features, dtype, name="radial_filters")
 
-        def radial_filters(pairs: Pairs) -> Array:
+        def radial_filters(pairs: Pairs, count: int) -> list[Filters]:  # of the first ``count`` pairs
             if radial_table is not None:  # inference: the same functions tabulated, exact to O(h⁴)
-                return interpolate_radial_filters(pairs.r, radial_table)
-            return radial_module(pairs.rbf)
+                return interpolate_radial_filters(pairs.r[:count], radial_table)
+            return radial_module(pairs.rbf[:count])
 
         # With remat and a table, each layer interpolates its own filters inside its rematerialised region:
         # the (P, F) filters of all layers of all layers and their cotangents are never alive at once.
         per_layer_table = cfg.remat and radial_table is not None
-        edge_radial = None if per_layer_table else radial_filters(edges)
-        pair_radial = None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs)
+        # Paired edges (the second half reverses the first): filters of the first half serve both (eq. 16
+        # is symmetric in i and j), half the work of the costliest per-edge part.
+        filter_edges = num_edges // 2 if batch.edges_paired else num_edges
+        edge_radial = None if per_layer_table else radial_filters(edges, filter_edges)
+        pair_radial = (
+            None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs, sphc_pairs.r.shape[0])
+        )
         efa_layers = set(range(cfg.num_layers)) if cfg.global_attention == "efa" else set()
         # nn.remat counts self as argument 0: nonlocal_fn (a Python closure, argument 7) must be static.
         layer_class = nn.remat(_LayerFilters, static_argnums=(7,)) if cfg.remat else So3kratesLayer
@@ -114,6 +120,7 @@ class So3krates(nn.Module):
                 cfg.spherical_hidden,
                 parity_even_only=not cfg.pseudotensor_paths,
                 dtype=dtype,
+                paired_edges=batch.edges_paired,
                 name=f"layer_{t}",
             )(x, chi, edges, edge_filters, sphc_pairs, pair_filters, nonlocal_fn)
             if t in efa_layers:
@@ -159,7 +166,8 @@ class _LayerFilters(So3kratesLayer):
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         if isinstance(edge_radial, RadialTable):
-            edge_radial = interpolate_radial_filters(edges.r, edge_radial)[0]
+            filter_edges = edges.r.shape[0] // 2 if self.paired_edges else edges.r.shape[0]
+            edge_radial = interpolate_radial_filters(edges.r[:filter_edges], edge_radial)[0]
         if isinstance(pair_radial, RadialTable):
             pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[0]
         return super().__call__(x, chi, edges, edge_radial, sphc_pairs, pair_radial, nonlocal_fn)
