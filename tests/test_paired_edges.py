@@ -11,9 +11,10 @@ import pytest
 from model_helpers import SMALL, model, random_molecule
 from test_model_periodic import CELL, crystal
 
-from so3krates.graph import collate, edges_are_paired, make_graph, neighbour_list, pair_edges
+from so3krates.graph import PadSizes, collate, edges_are_paired, make_graph, neighbour_list, pair_edges
 from so3krates.md.neighbours import SkinNeighbourList
 from so3krates.model.config import ModelConfig
+from so3krates.train.parallel import stack_batches
 
 # Small enough to compile fast; r_cut longer than the test cell's vectors, so atoms see their own images.
 TINY = ModelConfig(
@@ -103,3 +104,12 @@ def test_nonlocal_model_with_paired_edges():
     a = potential.energy_forces(variables, collate([graph], all_pairs=True))
     b = potential.energy_forces(variables, collate([shuffled(graph)], all_pairs=True))
     np.testing.assert_allclose(np.asarray(a["forces"]), np.asarray(b["forces"]), atol=1e-12)
+
+
+def test_device_batches_with_mixed_layouts_stack_with_the_plain_one():
+    rng = np.random.default_rng(7)
+    graphs = [make_graph(*random_molecule(rng, n), TINY.r_cut) for n in (4, 5)]
+    sizes = PadSizes(n_atoms=16, n_edges=collate(graphs).edge_i.shape[0], n_graphs=2)
+    assert stack_batches([[graphs[0]], [graphs[1]]], sizes).edges_paired
+    mixed = stack_batches([[graphs[0]], [shuffled(graphs[1])]], sizes)
+    assert not mixed.edges_paired and mixed.edge_i.shape == (2, sizes.n_edges)

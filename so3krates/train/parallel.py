@@ -179,6 +179,9 @@ def stack_batches(parts: Sequence[Sequence[Graph]], sizes: PadSizes, all_pairs: 
     An empty part becomes an all-padding batch (it contributes nothing to the loss).
     """
     batches = [collate(list(part), sizes, all_pairs=all_pairs) for part in parts]
+    # One static edge layout for all parts (the plain one is valid for paired edges too), so that they stack.
+    paired = all(b.edges_paired for b in batches)
+    batches = [b.replace(edges_paired=paired) for b in batches]
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
 
 
