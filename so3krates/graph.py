@@ -94,6 +94,14 @@ def edges_are_paired(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> bool:
     )
 
 
+def paired_slots(start: int, count: int, capacity: int) -> np.ndarray:
+    """Where ``count`` paired edges (see :func:`pair_edges`) go in a padded array of ``capacity`` edges
+    laid out as ``Batch.edges_paired`` says: their forward half from ``start // 2``, their reverse half at
+    the same place in the second half of the array. ``start`` is the number of edges placed before them."""
+    half, first = capacity // 2, start // 2
+    return np.r_[first : first + count // 2, half + first : half + first + count // 2]
+
+
 def check_structure(
     positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, where: str = "structure"
 ) -> None:
@@ -339,11 +347,7 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
         numbers[a : a + n] = graph.numbers
         node_graph[a : a + n] = g
         node_mask[a : a + n] = True
-        if paired:
-            h = m // 2
-            place = np.r_[e // 2 : e // 2 + h, E // 2 + e // 2 : E // 2 + e // 2 + h]
-        else:
-            place = np.arange(e, e + m)
+        place = paired_slots(e, m, E) if paired else np.arange(e, e + m)
         edge_i[place] = graph.edge_i + a
         edge_j[place] = graph.edge_j + a
         edge_shift[place] = graph.edge_shift

@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import numpy as np
 
-from so3krates.graph import MIN_DISTANCE, bucket, neighbour_list, pair_edges
+from so3krates.graph import MIN_DISTANCE, bucket, neighbour_list, pair_edges, paired_slots
 
 Array = jax.Array
 
@@ -106,8 +106,7 @@ class SkinNeighbourList:
         edge_mask = np.zeros(E, bool)
         # Paired layout (Batch.edges_paired): forward edges from 0, their reverses from E / 2 (E is even).
         order = pair_edges(i, j, shifts)
-        h = n_edges // 2
-        place = np.r_[0:h, E // 2 : E // 2 + h]
+        place = paired_slots(0, n_edges, E)
         edge_i[place], edge_j[place], edge_shift[place], edge_mask[place] = i[order], j[order], shifts[order], True
         return Neighbours(edge_i, edge_j, edge_shift, edge_mask, positions.copy())
 

@@ -222,6 +222,12 @@ def interpolate_radial_filters(r: Array, table: RadialTable) -> list[tuple[Array
     return [tuple(horner(table.coefficients[l, b]) for b in range(num_blocks)) for l in range(num_layers)]
 
 
+def filter_edge_count(num_edges: int, paired: bool) -> int:
+    """How many edges get their own filters (eq. 16): all of them, or with paired edges
+    (``Batch.edges_paired``) the first half, whose filters serve the reverse edges too (w_ij = w_ji)."""
+    return num_edges // 2 if paired else num_edges
+
+
 class RadialSphericalFilter(nn.Module):
     """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3).
 
@@ -411,7 +417,7 @@ class So3kratesLayer(nn.Module):
         k_f_j, v_f_j, k_s_j = k_f[edges.j], v_f[edges.j], k_s[edges.j]
         # The filters (eq. 16) are symmetric, w_ij = w_ji: with paired edges they are computed for the first
         # half (one direction of every pair; edge_radial is given for that half) and used for both.
-        filter_edges = edges.i.shape[0] // 2 if self.paired_edges else edges.i.shape[0]
+        filter_edges = filter_edge_count(edges.i.shape[0], self.paired_edges)
         chi_ij = chi[edges.j[:filter_edges]] - chi[edges.i[:filter_edges]]
         spherical_h = nn.silu(spherical_first(per_degree_norm(chi_ij, layout)))  # eq. 16 input
 

@@ -16,6 +16,7 @@ from so3krates.model.layers import (
     RadialFilters,
     RadialTable,
     So3kratesLayer,
+    filter_edge_count,
     hermite_table,
     init_sphc,
     interpolate_radial_filters,
@@ -67,7 +68,6 @@ class So3krates(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         layout = DegreeLayout(cfg.degrees)
         num_atoms = batch.numbers.shape[0]
-        num_edges = batch.edge_i.shape[0]
 
         edges = pair_geometry(edge_vectors, batch.edge_i, batch.edge_j, batch.edge_mask, cfg, layout)
         sphc_pairs = None
@@ -93,11 +93,11 @@ class So3krates(nn.Module):
             return radial_module(pairs.rbf[:count])
 
         # With remat and a table, each layer interpolates its own filters inside its rematerialised region:
-        # the (P, F) filters of all layers of all layers and their cotangents are never alive at once.
+        # the (P, F) filters of all layers and their cotangents are never alive at once.
         per_layer_table = cfg.remat and radial_table is not None
         # Paired edges (the second half reverses the first): filters of the first half serve both (eq. 16
         # is symmetric in i and j), half the work of the costliest per-edge part.
-        filter_edges = num_edges // 2 if batch.edges_paired else num_edges
+        filter_edges = filter_edge_count(batch.edge_i.shape[0], batch.edges_paired)
         edge_radial = None if per_layer_table else radial_filters(edges, filter_edges)
         pair_radial = (
             None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs, sphc_pairs.r.shape[0])
@@ -166,7 +166,7 @@ class _LayerFilters(So3kratesLayer):
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         if isinstance(edge_radial, RadialTable):
-            filter_edges = edges.r.shape[0] // 2 if self.paired_edges else edges.r.shape[0]
+            filter_edges = filter_edge_count(edges.r.shape[0], self.paired_edges)
             edge_radial = interpolate_radial_filters(edges.r[:filter_edges], edge_radial)[0]
         if isinstance(pair_radial, RadialTable):
             pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[0]
