@@ -129,3 +129,16 @@ def test_energy_and_forces_continuous_across_the_cutoff(approaching):
     # variation of the other pairs); a jump in energy or forces would leave a floor that does not shrink.
     for k in range(2):
         assert jumps[1][k] < 1e-12 or jumps[0][k] / jumps[1][k] > 50, jumps
+
+
+def test_block_diagonal_places_each_head_on_the_diagonal():
+    import jax.numpy as jnp
+
+    from so3krates.model.layers import block_diagonal
+
+    blocks = np.random.default_rng(0).normal(size=(3, 4, 4))
+    full = np.asarray(block_diagonal(jnp.asarray(blocks)))
+    expected = np.zeros((12, 12))
+    for h in range(3):
+        expected[4 * h : 4 * h + 4, 4 * h : 4 * h + 4] = blocks[h]
+    np.testing.assert_allclose(full, expected, rtol=1e-6)
