@@ -186,45 +186,56 @@ class RadialFilters(nn.Module):
 
 @flax.struct.dataclass
 class RadialTable:
-    """Radial filters of all layers tabulated on a uniform grid over [0, r_cut] for cubic Hermite
-    interpolation, stored per grid interval as the coefficients of the cubic in t ∈ [0, 1] (values and
-    exact slopes at both ends folded in), shape (num_layers, 2, num_points − 1, 4, F): one contiguous row
-    per interval, so that interpolation is one gather of rows followed by Horner's rule."""
+    """Radial filters of all layers as a low-rank expansion φ_{t,b}(r) ≈ Σ_m u_m(r) V_{t,b,m,:} whose M
+    basis functions u_m(r) are tabulated on a uniform grid over [0, r_cut] for cubic Hermite interpolation
+    (built by :func:`so3krates.model.so3krates.tabulate_radial_filters`).
+
+    The 2·num_layers filters are smooth functions of one variable, and together span few dimensions
+    (M ≈ 70 of 12·F = 1,584 for the paper-size model): so per edge one gather of 4·M basis coefficients
+    and one (M → F) product per filter replace twelve filter MLPs, or twelve gathers of 4·F coefficients.
+
+    Attributes:
+        spacing: grid spacing h.
+        coefficients: (num_points − 1, 4, M) the cubic in t ∈ [0, 1] of every grid interval, values and
+            exact slopes at both ends folded in (see :func:`hermite_coefficients`).
+        projection: (num_layers, 2, M, F) the right factor V.
+    """
 
     spacing: Array
     coefficients: Array
+    projection: Array
 
 
-def hermite_table(spacing: Array, values: Array, slopes: Array) -> RadialTable:
+def hermite_coefficients(spacing: Array, values: Array, slopes: Array) -> Array:
     """Cubic Hermite coefficients per interval from values and slopes at the grid points, each of shape
-    (num_layers, 2, num_points, F): p(t) = v₀ + m₀t + (3Δ − 2m₀ − m₁)t² + (m₀ + m₁ − 2Δ)t³ with m = h·slope
-    and Δ = v₁ − v₀."""
-    v0, v1 = values[:, :, :-1], values[:, :, 1:]
-    m0, m1 = spacing * slopes[:, :, :-1], spacing * slopes[:, :, 1:]
+    (num_points, M): p(t) = v₀ + m₀t + (3Δ − 2m₀ − m₁)t² + (m₀ + m₁ − 2Δ)t³ with m = h·slope and Δ = v₁ − v₀.
+
+    Returns:
+        (num_points − 1, 4, M): one contiguous row per interval, so that interpolation is one gather of
+        rows followed by Horner's rule.
+    """
+    v0, v1 = values[:-1], values[1:]
+    m0, m1 = spacing * slopes[:-1], spacing * slopes[1:]
     delta = v1 - v0
-    coefficients = jnp.stack([v0, m0, 3 * delta - 2 * m0 - m1, m0 + m1 - 2 * delta], axis=-2)
-    return RadialTable(spacing=spacing, coefficients=coefficients)
+    return jnp.stack([v0, m0, 3 * delta - 2 * m0 - m1, m0 + m1 - 2 * delta], axis=-2)
 
 
 def interpolate_radial_filters(r: Array, table: RadialTable) -> list[tuple[Array, Array]]:
-    """Cubic Hermite interpolation of the tabulated radial filters at distances r (P,): for every layer
-    the pair (feature filter, SPHC filter), each (P, F), as :class:`RadialFilters` returns them.
+    """The tabulated radial filters at distances r (P,): for every layer the pair (feature filter, SPHC
+    filter), each (P, F), as :class:`RadialFilters` returns them.
 
-    Beyond the last grid point (r ≥ r_cut, where θ = 0 and the filter is constant) the last value is
-    used. The interpolant is C¹, so forces stay continuous; its error is O(h⁴).
+    Cubic Hermite interpolation of the basis functions, then one product per filter. Beyond the last grid
+    point (r ≥ r_cut, where θ = 0 and the filter is constant) the last value is used. The interpolant is
+    C¹, so forces stay continuous; its error is O(h⁴) plus the truncated rank.
     """
-    intervals = table.coefficients.shape[2]
+    intervals = table.coefficients.shape[0]
     x = jnp.clip(r / table.spacing, 0.0, float(intervals))
     k = jnp.minimum(jnp.floor(x).astype(jnp.int32), intervals - 1)
     t = (x - k)[:, None]
-
-    def horner(coefficients: Array) -> Array:  # one filter: (intervals, 4, F) → (P, F)
-        c = coefficients[k]
-        return c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
-
-    # One gather per filter, so that each lands contiguous in (P, 4, F) rather than edge-major across filters.
-    num_layers, num_blocks = table.coefficients.shape[:2]
-    return [tuple(horner(table.coefficients[l, b]) for b in range(num_blocks)) for l in range(num_layers)]
+    c = table.coefficients[k]  # (P, 4, M)
+    basis = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
+    num_layers, num_blocks = table.projection.shape[:2]
+    return [tuple(basis @ table.projection[l, b] for b in range(num_blocks)) for l in range(num_layers)]
 
 
 def filter_edge_count(num_edges: int, paired: bool) -> int:

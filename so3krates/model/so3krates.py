@@ -7,6 +7,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from so3krates.graph import Batch
 from so3krates.model.config import ModelConfig
@@ -17,7 +18,7 @@ from so3krates.model.layers import (
     RadialTable,
     So3kratesLayer,
     filter_edge_count,
-    hermite_table,
+    hermite_coefficients,
     init_sphc,
     interpolate_radial_filters,
     segment_sum,
@@ -142,8 +143,8 @@ class So3krates(nn.Module):
 
 
 def _layer_table(table: RadialTable, t: int) -> RadialTable:
-    """The radial-filter table of layer t alone, coefficients of shape (1, 2, num_points − 1, 4, F)."""
-    return RadialTable(spacing=table.spacing, coefficients=table.coefficients[t : t + 1])
+    """The radial-filter table of layer t alone: the shared basis, projection of shape (1, 2, M, F)."""
+    return table.replace(projection=table.projection[t : t + 1])
 
 
 class _LayerFilters(So3kratesLayer):
@@ -179,23 +180,41 @@ def total_energy(atomic_energies: Array, batch: Batch, energy_offset: Array) -> 
     return jnp.where(batch.graph_mask, energy + energy_offset, 0.0)
 
 
-def tabulate_radial_filters(params: dict, config: ModelConfig, num_points: int = 1024) -> RadialTable:
-    """Tabulate the radial filters of a trained model on a uniform grid over [0, r_cut] (values and
-    exact derivatives by forward-mode autodiff), for :func:`interpolate_radial_filters` at inference.
+def tabulate_radial_filters(
+    params: dict, config: ModelConfig, num_points: int = 1024, rank_tolerance: float | None = None
+) -> RadialTable:
+    """Tabulate the radial filters of a trained model for :func:`interpolate_radial_filters` at inference.
 
-    With the default 1024 points (spacing ≈ 0.005 Å at r_cut = 5 Å) energies and forces match the exact
-    MLPs to about 1e-7 relative (tests/test_model_tabulation.py). Re-tabulate after changing the weights.
+    The values and exact derivatives (forward-mode autodiff) of all 2·num_layers filters on a uniform grid
+    over [0, r_cut] form a (num_points, 2·num_layers·F) matrix T. Its singular value decomposition
+    T = U S Vᵀ, truncated where the singular values fall below ``rank_tolerance`` times the largest
+    (default 1e-7 for float32 models, 1e-13 for float64), gives M basis functions U S on the grid, whose
+    values and slopes (the derivatives projected on the same V) are tabulated for cubic Hermite
+    interpolation. With the default 1024 points (spacing ≈ 0.005 Å at r_cut = 5 Å) energies and forces
+    match the exact MLPs to about 1e-7 relative (tests/test_model_tabulation.py).
+
+    Runs on the host (NumPy's SVD; the rank is data-dependent), not inside ``jax.jit``. Re-tabulate after
+    changing the weights.
     """
     dtype = jnp.dtype(config.dtype)
+    if rank_tolerance is None:
+        rank_tolerance = 1e-7 if dtype.itemsize <= 4 else 1e-13
     module = RadialFilters(config.num_layers, config.radial_hidden, config.features, dtype)
     grid = jnp.linspace(0.0, config.r_cut, num_points, dtype=dtype)
 
-    def filters(r: Array) -> Array:
+    def stacked(r: Array) -> Array:  # (num_points, num_layers · 2 · F), layer-major
         rbf = physnet_radial_basis(r, config.r_cut, config.num_radial)
-        return module.apply({"params": params["radial_filters"]}, rbf)
-
-    def stacked(r: Array) -> Array:  # (num_layers, 2, num_points, F)
-        return jnp.stack([jnp.stack(pair) for pair in filters(r)])
+        filters = module.apply({"params": params["radial_filters"]}, rbf)
+        return jnp.concatenate([f for pair in filters for f in pair], axis=-1)
 
     values, slopes = jax.jvp(stacked, (grid,), (jnp.ones_like(grid),))
-    return hermite_table(grid[1] - grid[0], values, slopes)
+    values, slopes = np.asarray(values, np.float64), np.asarray(slopes, np.float64)
+    _, singular, vt = np.linalg.svd(values, full_matrices=False)
+    rank = max(1, int(np.sum(singular > rank_tolerance * singular[0])))
+    v = vt[:rank].T  # (L·2·F, M), orthonormal columns
+    spacing = float(grid[1] - grid[0])
+    coefficients = hermite_coefficients(spacing, jnp.asarray(values @ v, dtype), jnp.asarray(slopes @ v, dtype))
+    projection = v.T.reshape(rank, config.num_layers, 2, config.features).transpose(1, 2, 0, 3)
+    return RadialTable(
+        spacing=jnp.asarray(spacing, dtype), coefficients=coefficients, projection=jnp.asarray(projection, dtype)
+    )
