@@ -52,8 +52,8 @@ class So3kratesCalculator(Calculator):
         headroom: edge capacity = bucket(headroom · pairs); larger means fewer recompilations when the
             density fluctuates, smaller means less padding work.
         model: an already loaded :class:`~so3krates.md.model.Model` instead of ``model_dir``.
-        tabulate: evaluate the radial filters from an interpolation table (same function to ~1e-7
-            relative, faster); False runs the exact MLPs.
+        tabulate: evaluate the radial filters from an interpolation table (the same forces to float32
+            rounding, ~1e-6 relative, or ~1e-7 in float64; faster); False runs the exact MLPs.
         **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Attributes:

@@ -63,7 +63,7 @@ class JaxMD:
         skin: neighbour-list skin (Å).
         headroom: edge capacity = bucket(headroom · pairs).
         seed: PRNG seed of the thermostats.
-        tabulate: use the radial-filter interpolation table (faster, ~1e-7 relative).
+        tabulate: use the radial-filter interpolation table (faster; ~1e-6 relative in float32).
         dtype: dtype of positions and momenta; default the model's.
 
     Attributes:

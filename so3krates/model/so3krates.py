@@ -199,22 +199,29 @@ def tabulate_radial_filters(
     dtype = jnp.dtype(config.dtype)
     if rank_tolerance is None:
         rank_tolerance = 1e-7 if dtype.itemsize <= 4 else 1e-13
-    module = RadialFilters(config.num_layers, config.radial_hidden, config.features, dtype)
-    grid = jnp.linspace(0.0, config.r_cut, num_points, dtype=dtype)
+    # In float64 whatever the model's dtype: interpolated slopes are differences of neighbouring values over
+    # the spacing h, so float32 rounding of the values (~1e-7 of them) would become ~1e-7/h of the forces
+    # (5e-5 relative for a trained float32 model at h = 0.004 Å, worse on finer grids).
+    with jax.enable_x64(True):
+        module = RadialFilters(config.num_layers, config.radial_hidden, config.features, jnp.float64)
+        params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params["radial_filters"])
+        grid = jnp.linspace(0.0, config.r_cut, num_points, dtype=jnp.float64)
 
-    def stacked(r: Array) -> Array:  # (num_points, num_layers · 2 · F), layer-major
-        rbf = physnet_radial_basis(r, config.r_cut, config.num_radial)
-        filters = module.apply({"params": params["radial_filters"]}, rbf)
-        return jnp.concatenate([f for pair in filters for f in pair], axis=-1)
+        def stacked(r: Array) -> Array:  # (num_points, num_layers · 2 · F), layer-major
+            rbf = physnet_radial_basis(r, config.r_cut, config.num_radial)
+            filters = module.apply({"params": params64}, rbf)
+            return jnp.concatenate([f for pair in filters for f in pair], axis=-1)
 
-    values, slopes = jax.jvp(stacked, (grid,), (jnp.ones_like(grid),))
-    values, slopes = np.asarray(values, np.float64), np.asarray(slopes, np.float64)
+        values, slopes = jax.jvp(stacked, (grid,), (jnp.ones_like(grid),))
+        values, slopes = np.asarray(values, np.float64), np.asarray(slopes, np.float64)
     _, singular, vt = np.linalg.svd(values, full_matrices=False)
     rank = max(1, int(np.sum(singular > rank_tolerance * singular[0])))
     v = vt[:rank].T  # (L·2·F, M), orthonormal columns
-    spacing = float(grid[1] - grid[0])
-    coefficients = hermite_coefficients(spacing, jnp.asarray(values @ v, dtype), jnp.asarray(slopes @ v, dtype))
+    spacing = config.r_cut / (num_points - 1)
+    coefficients = hermite_coefficients(spacing, values @ v, slopes @ v)
     projection = v.T.reshape(rank, config.num_layers, 2, config.features).transpose(1, 2, 0, 3)
     return RadialTable(
-        spacing=jnp.asarray(spacing, dtype), coefficients=coefficients, projection=jnp.asarray(projection, dtype)
+        spacing=jnp.asarray(spacing, dtype),
+        coefficients=jnp.asarray(coefficients, dtype),
+        projection=jnp.asarray(projection, dtype),
     )
