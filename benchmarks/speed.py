@@ -222,17 +222,23 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / (median_ms(lambda: mm(a), repeats) * 1e6)
 
 
-def analyse(potential: Potential, variables: dict, batch, label: str, repeats: int) -> dict:  # noqa: ANN001
-    """XLA's FLOP count (``cost_analysis``) and kernel count of one compiled energy+forces call, its time."""
-    compiled = jax.jit(potential.predict).lower(variables, batch).compile()
+def analyse(potential: Potential, variables: dict, batch, label: str, repeats: int, table=None) -> dict:  # noqa: ANN001
+    """XLA's FLOP count (``cost_analysis``) and kernel count of one compiled energy+forces call, its time;
+    with ``table``, of the call with tabulated radial filters."""
+
+    def predict(variables, batch, table):  # noqa: ANN001, ANN202 (the table is an argument, not a constant)
+        return potential.predict(variables, batch, radial_table=table)
+
+    compiled = jax.jit(predict).lower(variables, batch, table).compile()
     entry = compiled.as_text().split("ENTRY", 1)[1]
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"])
-    ms = median_ms(lambda: compiled(variables, batch), repeats)
+    ms = median_ms(lambda: compiled(variables, batch, table), repeats)
     edges = int(batch.edge_mask.sum())
     row = {
         "system": label,
+        "filters": "exact" if table is None else "tabulated",
         "atoms": int(batch.node_mask.sum()),
         "edges": edges,
         "padded_edges": int(batch.edge_mask.shape[0]),
@@ -244,8 +250,8 @@ def analyse(potential: Potential, variables: dict, batch, label: str, repeats: i
         "entry_ops": len(re.findall(r"=\s*\S+\s+[\w-]+\(", entry)),
     }
     print(
-        f"  {label:>14s}: {row['gflop']:.2f} GFLOP ({row['kflop_per_edge']:.0f} kFLOP/edge), {ms:.1f} ms, "
-        f"{row['gflops_reached']:.1f} GFLOP/s, {row['fusions']} fusions of {row['entry_ops']} operations"
+        f"  {label:>14s} {row['filters']:>9s}: {row['gflop']:.2f} GFLOP ({row['kflop_per_edge']:.0f} kFLOP/edge), "
+        f"{ms:.1f} ms, {row['gflops_reached']:.1f} GFLOP/s, {row['fusions']} fusions of {row['entry_ops']} operations"
     )
     return row
 
@@ -254,11 +260,12 @@ def flop_counts(potential: Potential, sizes: list[int], repeats: int) -> dict:
     """FLOPs and kernels per energy+forces call (toluene x4, water droplets) and the rate reached."""
     batch = toluene_batch()
     variables = potential.init(jax.random.PRNGKey(0), batch)
-    rows = [analyse(potential, variables, batch, "toluene x4", 3 * repeats)]
+    table = potential.tabulate(variables)
+    rows = [analyse(potential, variables, batch, "toluene x4", 3 * repeats, t) for t in (None, table)]
     for n in sizes:
         pos, z = water_cluster(n)
         batch = jax.device_put(collate([make_graph(pos, z, potential.config.r_cut)]))
-        rows.append(analyse(potential, variables, batch, f"water {len(pos)}", repeats))
+        rows += [analyse(potential, variables, batch, f"water {len(pos)}", repeats, t) for t in (None, table)]
     return {"matmul_gflops": matmul_gflops(), "rows": rows}
 
 
