@@ -210,9 +210,9 @@ def hermite_coefficients(spacing: float, values: np.ndarray, slopes: np.ndarray)
     """Cubic Hermite coefficients per interval from values and slopes at the grid points, each of shape
     (num_points, M): p(t) = v₀ + m₀t + (3Δ − 2m₀ − m₁)t² + (m₀ + m₁ − 2Δ)t³ with m = h·slope and Δ = v₁ − v₀.
 
-    Computed in float64 on the host: the t² and t³ coefficients are small differences of values, and in
-    float32 their rounding error (~1e-7 of the value, divided by h in the derivative) gave relative force
-    errors of ~5e-5 for a float32 model at h = 0.004 Å, growing on finer grids.
+    Computed in float64 on the host, from float64 values and slopes: the t² and t³ coefficients are small
+    differences of values, which carry the rounding error of the values divided by h into the forces
+    (see :func:`so3krates.model.so3krates.tabulate_radial_filters`).
 
     Returns:
         (num_points − 1, 4, M): one contiguous row per interval, so that interpolation is one gather of

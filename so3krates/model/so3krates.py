@@ -191,7 +191,8 @@ def tabulate_radial_filters(
     (default 1e-7 for float32 models, 1e-13 for float64), gives M basis functions U S on the grid, whose
     values and slopes (the derivatives projected on the same V) are tabulated for cubic Hermite
     interpolation. With the default 1024 points (spacing ≈ 0.005 Å at r_cut = 5 Å) energies and forces
-    match the exact MLPs to about 1e-7 relative (tests/test_model_tabulation.py).
+    match the exact MLPs to about 1e-7 relative in float64 and to float32 rounding (~1e-6) in float32
+    (tests/test_model_tabulation.py, benchmarks/table_accuracy.py).
 
     Runs on the host (NumPy's SVD; the rank is data-dependent), not inside ``jax.jit``. Re-tabulate after
     changing the weights.
