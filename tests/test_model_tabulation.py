@@ -21,6 +21,11 @@ def test_tabulated_radial_filters_match_the_exact_model():
     # A coarse table is visibly worse: the comparison above is not vacuous.
     coarse = potential.energy_forces(variables, batch, radial_table=potential.tabulate(variables, num_points=8))
     assert np.abs(np.asarray(coarse["energy"])[:2] - exact["energy"]).max() > 1e-5
+    # So is a table truncated to a few basis functions: the rank is chosen, not incidental.
+    few = potential.tabulate(variables, rank_tolerance=1e-2)
+    assert few.coefficients.shape[-1] < table.coefficients.shape[-1]
+    truncated = potential.energy_forces(variables, batch, radial_table=few)
+    assert np.abs(np.asarray(truncated["forces"])[:15] - exact["forces"]).max() > 1e-5
 
 
 def test_float32_table_is_as_accurate_as_float32_rounding():
