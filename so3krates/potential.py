@@ -154,9 +154,11 @@ class Potential:
         self.check_elements(batch)
         return self._energy_forces(variables, batch, compute_stress=compute_stress, radial_table=radial_table)
 
-    def tabulate(self, variables: Variables, num_points: int = 1024) -> RadialTable:
+    def tabulate(
+        self, variables: Variables, num_points: int = 1024, rank_tolerance: float | None = None
+    ) -> RadialTable:
         """Interpolation table of the radial filters for fast inference (see ``tabulate_radial_filters``)."""
-        return tabulate_radial_filters(variables["params"], self.config, num_points)
+        return tabulate_radial_filters(variables["params"], self.config, num_points, rank_tolerance)
 
     def num_parameters(self, variables: Variables) -> int:
         """Number of trainable parameters (the ``params`` collection)."""
