@@ -89,7 +89,7 @@ class So3krates(nn.Module):
         radial_module = RadialFilters(cfg.num_layers, cfg.radial_hidden, cfg.features, dtype, name="radial_filters")
 
         def radial_filters(pairs: Pairs, count: int) -> list[Filters]:  # of the first ``count`` pairs
-            if radial_table is not None:  # inference: the same functions tabulated, exact to O(h⁴)
+            if radial_table is not None:  # inference: the same functions tabulated (O(h⁴) + truncated rank)
                 return interpolate_radial_filters(pairs.r[:count], radial_table)
             return radial_module(pairs.rbf[:count])
 
@@ -151,7 +151,7 @@ class _LayerFilters(So3kratesLayer):
     """A :class:`So3kratesLayer` whose radial filters may come as that layer's interpolation table.
 
     With ``ModelConfig.remat`` this class is wrapped in ``nn.remat``, and passing the table rather than
-    the interpolated (P, 2, F) filters puts the interpolation inside the rematerialised region. It adds
+    the interpolated (P, F) filter pair puts the interpolation inside the rematerialised region. It adds
     no parameters and no scope of its own, so the parameter tree is that of a plain So3kratesLayer and
     checkpoints work with ``remat`` on or off.
     """
