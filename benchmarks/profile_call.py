@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import make_train_step, toluene_batch, water_cluster  # noqa: E402
 
+from so3krates.compile import jit  # noqa: E402
 from so3krates.graph import collate, make_graph  # noqa: E402
 from so3krates.model.config import ModelConfig  # noqa: E402
 from so3krates.potential import Potential  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
             return potential.predict(variables, batch, radial_table=table)
 
         arguments = (variables, batch, table)
-        compiled = jax.jit(predict).lower(*arguments).compile()
+        compiled = jit(predict).lower(*arguments).compile()
     origins = kernel_origins(compiled.as_text())
 
     def call() -> None:

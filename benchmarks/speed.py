@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from ase.build import molecule
 
+from so3krates.compile import jit
 from so3krates.graph import collate, make_graph
 from so3krates.model.config import ModelConfig
 from so3krates.potential import Potential
@@ -107,7 +108,7 @@ def make_train_step(potential: Potential, beta: float = 0.99):
         f_term = jnp.sum(jnp.where(batch.node_mask, (f_err**2).sum(-1) / (3 * n_atoms), 0.0))
         return ((1 - beta) * jnp.sum(e_err**2) + beta * f_term) / n_graphs
 
-    @jax.jit
+    @jit
     def step(params, opt_state, normalization, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, normalization, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -229,7 +230,7 @@ def analyse(potential: Potential, variables: dict, batch, label: str, repeats: i
     def predict(variables, batch, table):  # noqa: ANN001, ANN202 (the table is an argument, not a constant)
         return potential.predict(variables, batch, radial_table=table)
 
-    compiled = jax.jit(predict).lower(variables, batch, table).compile()
+    compiled = jit(predict).lower(variables, batch, table).compile()
     entry = compiled.as_text().split("ENTRY", 1)[1]
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.compile import jit
 from so3krates.graph import Batch
 from so3krates.model.config import ModelConfig
 from so3krates.model.layers import RadialTable
@@ -56,8 +57,8 @@ class Potential:
         self.config = config
         self.module = So3krates(config)
         self.dtype = jnp.dtype(config.dtype)
-        self._energy_forces = jax.jit(self.predict, static_argnames=("compute_stress",))
-        self._energy = jax.jit(self.energy_unjitted)
+        self._energy_forces = jit(self.predict, static_argnames=("compute_stress",))
+        self._energy = jit(self.energy_unjitted)
 
     # -- initialisation -------------------------------------------------------------------------
     def init(self, key: Array, batch: Batch) -> Variables:

@@ -27,6 +27,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from so3krates.compile import jit
 from so3krates.graph import check_structure
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
 from so3krates.md.model import Model, energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
@@ -165,7 +166,7 @@ class JaxMD:
         key += (float(skin), str(self.dtype))
         cache = model.potential.__dict__.setdefault("_md_chunks", {})
         if key not in cache:
-            cache[key] = jax.jit(self._make_chunk(0.5 * float(skin)))
+            cache[key] = jit(self._make_chunk(0.5 * float(skin)))
         self._chunk = cache[key]
 
     # -- the compiled chunk ----------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
 from so3krates import run_dir as rd
+from so3krates.compile import jit
 from so3krates.data import Frames, make_split
 from so3krates.data.stream import Prefetcher, StreamDataset
 from so3krates.data.units import energy_factor, length_factor
@@ -159,7 +160,7 @@ def make_steps(
         per, pred, _ = per_structure(variables["params"], variables["normalization"], batch)
         return {**pred, "loss": per}
 
-    return jax.jit(train_step), jax.jit(eval_step)
+    return jit(train_step), jit(eval_step)
 
 
 # -- run directory helpers ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from so3krates.compile import jit
 from so3krates.graph import Batch, Graph, PadSizes, bucket, collate
 from so3krates.potential import Potential
 from so3krates.train.loss import LossScales, structure_errors, structure_loss
@@ -324,7 +325,7 @@ def make_parallel_train_step(
         return new_state, stats
 
     rep, data = replicated(mesh), data_sharded(mesh)
-    return jax.jit(train_step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep))
+    return jit(train_step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep))
 
 
 def make_parallel_eval_step(
@@ -335,4 +336,4 @@ def make_parallel_eval_step(
     def eval_step(variables: Any, stacked: Batch) -> dict[str, Array]:
         return jax.vmap(lambda b: potential.predict(variables, b, compute_stress))(stacked)
 
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=data_sharded(mesh))
+    return jit(eval_step, in_shardings=(replicated(mesh), data_sharded(mesh)), out_shardings=data_sharded(mesh))
