@@ -3,13 +3,14 @@
 Every jitted entry point of the package (the potential, the training and evaluation steps, the MD
 chunks) is made with :func:`jit`, so that one setting here reaches all of them.
 
-On the CPU, jaxlib ≥ 0.8 hands every matrix product to YNNPACK by default (XLA's "individual dot"
-library fusions). This model's products are many and small (416 × 128 × 132 for the radial filters of
-the Table 3 toluene batch), and for them XLA's own dot emitter is faster: in one process, the same
-programs compiled both ways, toluene × 4 energy + forces 24.9 → 22.2 ms, with the radial-filter table
-15.8 → 15.0 ms, training step 57.1 → 54.5 ms, the 2,001-atom droplet 2.60 → 2.27 s (docs/speed.md).
-The option is only passed where the backend is the CPU and this jaxlib knows it; elsewhere :func:`jit`
-is plain ``jax.jit``.
+On the CPU, jaxlib 0.10 (the version this project is developed with) hands every matrix product to
+YNNPACK by default (XLA's "individual dot" library fusions). This model's products are many and small
+(416 × 128 × 132 for the radial filters of the Table 3 toluene batch), and for them XLA's own dot
+emitter is faster. The same programs compiled both ways and called in alternation
+(``benchmarks/compile_options.py``, docs/speed.md item 8): toluene × 4 energy + forces 27.5 → 23.1 ms,
+with the radial-filter table 15.5 → 13.0 ms, training step 59.4 → 56.8 ms; the water droplets of 51 to
+2,001 atoms unchanged within this machine's noise. The option is only passed where the backend is the
+CPU and this jaxlib accepts it; elsewhere :func:`jit` is plain ``jax.jit``.
 """
 
 from __future__ import annotations
