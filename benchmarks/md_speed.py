@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from so3krates.hugepages import restart_with_huge_pages
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "md_speed.json"
 DOC = ROOT / "docs" / "md.md"
@@ -266,6 +268,7 @@ def write_markdown(payload: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--engines", nargs="+", choices=("jax", "ase"), default=["jax", "ase"])

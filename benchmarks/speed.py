@@ -32,6 +32,7 @@ from ase.build import molecule
 
 from so3krates.compile import jit
 from so3krates.graph import collate, make_graph
+from so3krates.hugepages import restart_with_huge_pages
 from so3krates.model.config import ModelConfig
 from so3krates.potential import Potential
 
@@ -279,6 +280,7 @@ REFERENCE = {
 
 
 def main() -> None:
+    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[51, 201, 801, 2001, 10002])
     parser.add_argument("--repeats", type=int, default=30)

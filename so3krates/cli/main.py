@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from so3krates import __version__
+from so3krates.hugepages import restart_with_huge_pages
 
 # subcommand name -> module in so3krates.cli that defines ``add_arguments(parser)`` and ``run(args)``.
 SUBCOMMANDS = {
@@ -53,5 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The installed ``so3krates`` command: restart once with transparent huge pages for XLA's buffers
+    (:mod:`so3krates.hugepages`; ``SO3KRATES_HUGE_PAGES=0`` turns it off), then :func:`main`."""
+    restart_with_huge_pages(["-m", "so3krates.cli.main", *sys.argv[1:]])
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
