@@ -311,6 +311,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "jax": jax.__version__,
             "device": str(jax.devices()[0]),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages: so3krates.hugepages
         },
     }
     result["toluene_x4"] = toluene_protocol(potential, args.repeats)
