@@ -22,16 +22,18 @@ from collections.abc import Mapping, Sequence
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "SO3KRATES_HUGE_PAGES"
+# Set in the restarted process: never restart twice, even if a C library rewrote GLIBC_TUNABLES.
+RESTARTED = "SO3KRATES_HUGE_PAGES_RESTARTED"
 
 
 def restart_environment(environ: Mapping[str, str], platform: str = sys.platform) -> dict[str, str] | None:
     """The environment to restart with, or None when no restart is needed or wanted."""
-    if not platform.startswith("linux") or environ.get(OPT_OUT, "1") == "0":
+    if not platform.startswith("linux") or environ.get(OPT_OUT, "1") == "0" or environ.get(RESTARTED):
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:  # set already (by us or by the user): keep the user's choice
         return None
-    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE, RESTARTED: "1"}
 
 
 def restart_with_huge_pages(arguments: Sequence[str]) -> None:
