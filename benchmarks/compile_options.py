@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, make_train_step, toluene_batch, water_cluster  # noqa: E402
+from speed import RESULTS, make_train_step, predict_fn, toluene_batch, water_cluster  # noqa: E402
 
 from so3krates.compile import compiler_options  # noqa: E402
 from so3krates.graph import collate, make_graph  # noqa: E402
@@ -46,10 +46,7 @@ def main() -> None:
     table = potential.tabulate(variables)
     optimizer, step = make_train_step(potential)
     train_arguments = (variables["params"], optimizer.init(variables["params"]), variables["normalization"], batch)
-
-    def predict(variables, batch, table):  # noqa: ANN001, ANN202
-        return potential.predict(variables, batch, radial_table=table)
-
+    predict = predict_fn(potential)
     cases = {
         "toluene x4 energy+forces": (jax.jit(predict), (variables, batch, None)),
         "toluene x4 tabulated": (jax.jit(predict), (variables, batch, table)),

@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, median_ms, toluene  # noqa: E402
+from speed import RESULTS, median_ms, toluene_graphs  # noqa: E402
 
-from so3krates.graph import collate, make_graph, pad_sizes_for  # noqa: E402
+from so3krates.graph import collate, pad_sizes_for  # noqa: E402
 from so3krates.hugepages import restart_with_huge_pages  # noqa: E402
 from so3krates.model.config import ModelConfig  # noqa: E402
 from so3krates.potential import Potential  # noqa: E402
@@ -37,9 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "edge_scan.json")
     args = parser.parse_args()
 
-    positions, numbers = toluene()
-    rng = np.random.default_rng(0)
-    graphs = [make_graph(positions + rng.normal(0, 0.05, positions.shape), numbers, 5.0) for _ in range(4)]
+    graphs = toluene_graphs()
     potential = Potential(ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), num_heads=4, r_cut=5.0))
     sizes = pad_sizes_for(graphs)
     variables = potential.init(jax.random.PRNGKey(0), collate(graphs, sizes))

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import make_train_step, toluene_batch, water_cluster  # noqa: E402
+from speed import make_train_step, predict_fn, toluene_batch, water_cluster  # noqa: E402
 
 from so3krates.compile import jit  # noqa: E402
 from so3krates.graph import collate, make_graph  # noqa: E402
@@ -84,12 +84,8 @@ def main() -> None:
         compiled = step.lower(*arguments).compile()
     else:
         table = potential.tabulate(variables) if args.tabulated else None
-
-        def predict(variables, batch, table):  # noqa: ANN001, ANN202
-            return potential.predict(variables, batch, radial_table=table)
-
         arguments = (variables, batch, table)
-        compiled = jit(predict).lower(*arguments).compile()
+        compiled = jit(predict_fn(potential)).lower(*arguments).compile()
     origins = kernel_origins(compiled.as_text())
 
     def call() -> None:

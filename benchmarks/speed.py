@@ -118,8 +118,9 @@ def make_train_step(potential: Potential, beta: float = 0.99):
     return optimizer, step
 
 
-def toluene_batch() -> object:
-    """The Table 3 batch: four thermally displaced toluenes, zero labels (the cost does not depend on them)."""
+def toluene_graphs() -> list:
+    """The structures of the Table 3 batch: four thermally displaced toluenes, zero labels (the cost does
+    not depend on them)."""
     positions, numbers = toluene()
     rng = np.random.default_rng(0)
     graphs = []
@@ -127,7 +128,22 @@ def toluene_batch() -> object:
         g = make_graph(positions + rng.normal(0, 0.05, positions.shape), numbers, 5.0)
         g.energy, g.forces = 0.0, np.zeros_like(g.positions)
         graphs.append(g)
-    return jax.device_put(collate(graphs))
+    return graphs
+
+
+def toluene_batch() -> object:
+    """The Table 3 batch (:func:`toluene_graphs`), collated with the default padding."""
+    return jax.device_put(collate(toluene_graphs()))
+
+
+def predict_fn(potential: Potential):  # noqa: ANN201 (a function of (variables, batch, table))
+    """``potential.predict`` with the radial-filter table (or None: the exact filters) as an argument, so
+    that jitting it does not bake the table into the program as a constant."""
+
+    def predict(variables, batch, table):  # noqa: ANN001, ANN202
+        return potential.predict(variables, batch, radial_table=table)
+
+    return predict
 
 
 def toluene_protocol(potential: Potential, repeats: int) -> dict:
@@ -228,10 +244,7 @@ def analyse(potential: Potential, variables: dict, batch, label: str, repeats: i
     """XLA's FLOP count (``cost_analysis``) and kernel count of one compiled energy+forces call, its time;
     with ``table``, of the call with tabulated radial filters."""
 
-    def predict(variables, batch, table):  # noqa: ANN001, ANN202 (the table is an argument, not a constant)
-        return potential.predict(variables, batch, radial_table=table)
-
-    compiled = jit(predict).lower(variables, batch, table).compile()
+    compiled = jit(predict_fn(potential)).lower(variables, batch, table).compile()
     entry = compiled.as_text().split("ENTRY", 1)[1]
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
