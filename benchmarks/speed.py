@@ -325,6 +325,8 @@ def main() -> None:
             "jax": jax.__version__,
             "device": str(jax.devices()[0]),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages: so3krates.hugepages
+            # so3krates.cpu_memory: False where XLA's buffers are reused between calls
+            "cpu_async_dispatch": jax.config.values["jax_cpu_enable_async_dispatch"],
         },
     }
     result["toluene_x4"] = toluene_protocol(potential, args.repeats)

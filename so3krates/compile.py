@@ -21,6 +21,13 @@ from typing import Any
 
 import jax
 
+from so3krates import cpu_memory
+
+# Before JAX starts its CPU backend (the first array or computation), as every program of the package
+# is made here: XLA's per-call buffers reused instead of mapped afresh for every call (so3krates.cpu_memory;
+# SO3KRATES_REUSE_CPU_BUFFERS=0 turns it off).
+cpu_memory.reuse_cpu_buffers()
+
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -51,7 +58,10 @@ class _LazyJit:
         return jax.jit(self._fun, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.jitted(*args, **kwargs)
+        cpu_memory.guard()  # before: memory grown since (eager work, data) must not meet a kept block
+        out = self.jitted(*args, **kwargs)
+        cpu_memory.guard()  # after: the call has finished (synchronous dispatch while reusing)
+        return out
 
     def __getattr__(self, name: str) -> Any:  # lower, trace, eval_shape, ... of the jitted function
         if name in ("_fun", "_kwargs"):  # not set yet (copying, unpickling): no recursion through self.jitted

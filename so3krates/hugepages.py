@@ -5,7 +5,10 @@ force-field call (hundreds of KiB to GiB) miss the TLB often; with 2 MiB transpa
 not. glibc ≥ 2.35 asks the kernel for huge pages for its large allocations when started with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``madvise``, so it works with the common THP setting
 ``[madvise]``). On this project's machine that took the Table 3 training step from 52–54 to 43–45 ms
-and the 201-atom droplet (exact filters) from 183–213 to 97–101 ms (docs/speed.md).
+and the 201-atom droplet (exact filters) from 183–213 to 97–101 ms (docs/speed.md item 9). Most of
+that was fewer page faults on the block XLA maps afresh for every call, which :mod:`so3krates.cpu_memory`
+now avoids altogether by reusing it; what huge pages still add on top is address translation: a few
+per cent for the large droplets, up to ~8 % for the training step (docs/speed.md item 10).
 
 A tunable is read once, when the process starts, so it cannot be switched on from Python: the
 ``so3krates`` command and the benchmarks restart themselves once with it

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates import cpu_memory
 from so3krates.compile import jit
 from so3krates.graph import Batch
 from so3krates.model.config import ModelConfig
@@ -63,11 +64,12 @@ class Potential:
     # -- initialisation -------------------------------------------------------------------------
     def init(self, key: Array, batch: Batch) -> Variables:
         """Random parameters and unit normalisation: ``{"params": ..., "normalization": ...}``."""
-        positions = jnp.asarray(batch.positions, self.dtype)
-        cell = jnp.asarray(batch.cell, self.dtype)
-        pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
-        variables = self.module.init(key, batch, edge_vectors(positions, cell, batch), pairs, positions)
-        return jax.tree_util.tree_map(lambda x: x, dict(variables))
+        with cpu_memory.not_kept():  # eager, op by op: large arrays mapped and unmapped one by one
+            positions = jnp.asarray(batch.positions, self.dtype)
+            cell = jnp.asarray(batch.cell, self.dtype)
+            pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
+            variables = self.module.init(key, batch, edge_vectors(positions, cell, batch), pairs, positions)
+            return jax.tree_util.tree_map(lambda x: x, dict(variables))
 
     # -- the functional core --------------------------------------------------------------------
     def energy_unjitted(
