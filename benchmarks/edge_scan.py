@@ -3,8 +3,8 @@ call each (tabulated radial filters unless --exact), median milliseconds.
 
 The real structures are the same in every row; only the padded edge count changes, so the rows show
 what an edge slot costs as the per-edge arrays grow. Before XLA's buffers were reused between calls
-(docs/speed.md item 10) they showed a step at ~950 slots, where the call's block of intermediates
-outgrew what glibc keeps in its heap; run with ``SO3KRATES_REUSE_CPU_BUFFERS=0`` to see it again.
+(docs/speed.md item 10) they showed a step at ~950 slots, most likely where the call's block of
+intermediates outgrew what glibc keeps in its heap; ``SO3KRATES_REUSE_CPU_BUFFERS=0`` shows it again.
 
     python benchmarks/edge_scan.py                       # 832 to 1,568 edge slots, JSON in results/edge_scan.json
     python benchmarks/edge_scan.py --edges 832 1600 64 --exact
