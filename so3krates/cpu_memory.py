@@ -52,8 +52,9 @@ LARGE_SHARE = 1 / 3
 _reusing = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library of this process if it is glibc, else None (musl, macOS, Windows)."""
+    """The C library of this process if it is glibc, else None (musl, macOS, Windows); looked up once."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -113,10 +114,9 @@ def guard() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     if peak < LARGE_SHARE * machine_memory():
         return
-    libc = _glibc()
-    if libc is not None:
-        _keep(libc, False)
-        libc.malloc_trim(0)
+    libc = _glibc()  # glibc: reuse is only ever switched on there
+    _keep(libc, False)
+    libc.malloc_trim(0)
     _reusing = False
 
 
@@ -130,10 +130,10 @@ def not_kept() -> Iterator[None]:
     """glibc's defaults inside the block: for eager JAX work (op by op, as ``Potential.init`` does), whose
     many large arrays of different lifetimes would otherwise fragment the heap and stay (a 10,002-atom
     droplet's initialisation: 10 GB resident instead of 5)."""
-    libc = _glibc() if _reusing else None
-    if libc is None:
+    if not _reusing:
         yield
         return
+    libc = _glibc()  # glibc: reuse is only ever switched on there
     _keep(libc, False)
     try:
         yield
