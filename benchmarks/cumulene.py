@@ -38,9 +38,12 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from so3krates.so3 import DegreeLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "results" / "runs" / "cumulene"
@@ -270,7 +273,7 @@ def capture_sphcs(potential: Any, variables: Any, frames: Sequence[Any]) -> np.n
     return chi[:, : n_atoms * len(frames)].reshape(chi.shape[0], len(frames), n_atoms, -1)
 
 
-def neighbourhood_weights(chi: np.ndarray, kappa: float = 1.0, p: int = 6) -> np.ndarray:
+def neighbourhood_weights(chi: np.ndarray, layout: DegreeLayout, kappa: float = 1.0, p: int = 6) -> np.ndarray:
     """φ_χcut(χ̃_ij) (eq. 14, A.2) of one structure from its SPHCs (n, dim) via the model's own
     :func:`sphc_neighbourhood_weight`; returns the (n, n) matrix (zero diagonal)."""
     import jax.numpy as jnp
@@ -283,7 +286,7 @@ def neighbourhood_weights(chi: np.ndarray, kappa: float = 1.0, p: int = 6) -> np
     pairs = Pairs(
         i=jnp.asarray(i), j=jnp.asarray(j), mask=jnp.ones(len(i), bool), r=zeros, cutoff=zeros, rbf=zeros, sph=zeros
     )
-    w = sphc_neighbourhood_weight(jnp.asarray(chi), pairs, jnp.full(len(i), n), kappa, p)
+    w = sphc_neighbourhood_weight(jnp.asarray(chi), pairs, jnp.full(len(i), n), kappa, p, layout)
     out = np.zeros((n, n))
     out[i, j] = np.asarray(w)
     return out
@@ -374,7 +377,11 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
             FIGURES / "cumulene_sphc_pca.png",
         )
         results["neighbourhood"] = plot_neighbourhood(
-            capture_sphcs(potential, variables, frames), angles, figures_chain, FIGURES / "cumulene_neighbourhood.png"
+            capture_sphcs(potential, variables, frames),
+            angles,
+            figures_chain,
+            FIGURES / "cumulene_neighbourhood.png",
+            potential.config.degrees,
         )
         (work / "results.json").write_text(json.dumps(results, indent=2))
     else:
@@ -524,7 +531,9 @@ def plot_sphc_pca(before: np.ndarray, after: np.ndarray, n: int, path: Path) -> 
     return summary
 
 
-def plot_neighbourhood(chi: np.ndarray, angles: np.ndarray, n: int, path: Path) -> dict[str, Any]:
+def plot_neighbourhood(
+    chi: np.ndarray, angles: np.ndarray, n: int, path: Path, degrees: Sequence[int]
+) -> dict[str, Any]:
     """Fig. 8 (analogue): spherical-neighbourhood weights φ_χcut(χ̃_ij) between the rotor hydrogens vs
     torsion, per layer (each layer's input SPHCs) and averaged over the layers."""
     import matplotlib
@@ -532,13 +541,16 @@ def plot_neighbourhood(chi: np.ndarray, angles: np.ndarray, n: int, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from so3krates.so3 import DegreeLayout
+
+    layout = DegreeLayout(tuple(degrees))
     num_layers = chi.shape[0] - 1
     cross = np.zeros((num_layers, len(angles)))
     same = np.zeros((num_layers, len(angles)))
     carbon = np.zeros((num_layers, len(angles)))
     for t in range(num_layers):
         for f in range(len(angles)):
-            w = neighbourhood_weights(chi[t, f])
+            w = neighbourhood_weights(chi[t, f], layout)
             hs = [n, n + 1, n + 2, n + 3]
             cross[t, f] = np.mean([w[a, b] for a in hs[:2] for b in hs[2:]] + [w[b, a] for a in hs[:2] for b in hs[2:]])
             same[t, f] = np.mean([w[hs[0], hs[1]], w[hs[1], hs[0]], w[hs[2], hs[3]], w[hs[3], hs[2]]])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,6 +33,9 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 SPLIT_FILE = "split.npz"
+# Models saved before the attention projections got biases (as in the authors' release) are the same
+# models with those biases zero: they load, with zeros filled in.
+LEGACY_ZERO_BIAS = re.compile(r"params/layer_\d+/(feature_query|feature_key|feature_value|sphc_query|sphc_key)/bias")
 
 
 # -- atomic writes ------------------------------------------------------------------------------------
@@ -247,6 +251,9 @@ def read_split(directory: str | Path) -> dict[str, np.ndarray]:
 def _check_weights(loaded: dict[str, Any], expected: dict[str, Any], path: Path) -> dict[str, Any]:
     """Compare loaded arrays with the shapes the config implies; cast to the expected dtype."""
     got, want = flatten(loaded), flatten(expected, to_numpy=False)
+    for name in set(want) - set(got):
+        if LEGACY_ZERO_BIAS.fullmatch(name):  # written before the attention projections had biases
+            got[name] = np.zeros(want[name].shape, want[name].dtype)
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     if missing or extra:

@@ -112,6 +112,12 @@ class DegreeLayout:
         """One-hot (dim, |L|) matrix: χ² @ P sums squares per degree; b @ Pᵀ repeats per-degree scalars."""
         return np.eye(self.num_degrees)[self.degree_of_entry]
 
+    @functools.cached_property
+    def orthonormal_scale(self) -> np.ndarray:
+        """(dim,) factors √((2l+1)/4π) that take e3x's Racah-normalised entries (Σ_m Y_lm² = 1) to the
+        paper's orthonormal spherical harmonics (∫ Y_lm² dΩ = 1, Σ_m Y_lm² = (2l+1)/4π)."""
+        return np.concatenate([np.full(2 * l + 1, np.sqrt((2 * l + 1) / (4 * np.pi))) for l in self.degrees])
+
     def slice(self, l: int) -> slice:
         """The slice of the flat vector holding degree ``l``."""
         start = sum(2 * k + 1 for k in self.degrees if k < l)
@@ -177,7 +183,35 @@ def wigner_d(rotation: Array, layout: DegreeLayout) -> Array:
 
 
 def safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
-    """Euclidean norm with a finite (zero) gradient at x = 0, where √ has an infinite one."""
+    """Euclidean norm with a finite (zero) gradient at x = 0, where √ has an infinite one.
+
+    For interatomic distances only, whose argument cannot vanish for two distinct atoms (padding pairs get
+    a dummy vector): at x = 0 this is the cusp |x|. Wherever a norm's argument can vanish by symmetry
+    (SPHCs) use :func:`smooth_norm`.
+    """
     sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+# ε of :func:`smooth_norm`, in units of a Racah-normalised SPHC (‖Y^(l)(r̂)‖ = 1, so ‖χ_i^(l)‖ ≤ 1 after
+# eq. 11). Why 0.05: near a symmetric point an atom's SPHC norm grows like ~0.6·δ/Å with its displacement δ
+# (the carbon of CH4), so the energy is rounded off over δ ≈ ε/0.6 ≈ 0.08 Å: several MD steps' worth of
+# displacement (≈ 0.01 Å per 0.5 fs step for hydrogen at 300 K) and far more than a relaxation's last
+# steps, so integrators and optimisers see a smooth minimum rather than a kink; and the norm of a typical
+# SPHC (0.2–1) moves by less than ε, a shift the next Dense layer's bias absorbs (docs/model.md).
+SMOOTH_NORM_EPSILON = 0.05
+
+
+def smooth_norm(x: Array, axis: int = -1, keepdims: bool = False, epsilon: float = SMOOTH_NORM_EPSILON) -> Array:
+    """Smooth norm n_ε(x) = √(‖x‖² + ε²) − ε, infinitely differentiable everywhere, x = 0 included.
+
+    The plain norm ‖x‖ is a cusp at x = 0, which is where SPHCs sit by symmetry (the l = 1, 2 SPHCs of the
+    carbon of CH4, every atom of a perfect cubic crystal, differences χ_j − χ_i of equivalent atoms): the
+    forces would jump there. n_ε(0) = 0, n_ε(x) = ‖x‖ − ε + O(ε²/‖x‖) away from zero, and its gradient
+    x / √(‖x‖² + ε²) never exceeds one. ε: :data:`SMOOTH_NORM_EPSILON`.
+    """
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    # Written as ‖x‖² / (√(‖x‖² + ε²) + ε), the same number without the cancellation that would cost
+    # float32 its digits for ‖x‖ ≪ ε.
+    return sq / (jnp.sqrt(sq + epsilon * epsilon) + epsilon)

@@ -21,7 +21,7 @@ from so3krates.graph import Graph, collate, make_graph, pad_sizes_for
 from so3krates.model.config import ModelConfig
 from so3krates.model.layers import Pairs, sphc_neighbourhood_weight
 from so3krates.potential import Potential, edge_vectors, pair_vectors
-from so3krates.so3 import DegreeLayout, wigner_d
+from so3krates.so3 import SMOOTH_NORM_EPSILON, DegreeLayout, wigner_d
 
 NONLOCAL = ModelConfig(
     features=24, num_layers=2, degrees=(1, 2, 3), num_heads=4, r_cut=3.0, dtype="float64", nonlocal_correction=True
@@ -265,10 +265,13 @@ def test_cumulene_torsion_invisible_to_local_lmax1(n_carbons):
 
 # -- the spherical neighbourhood itself ------------------------------------------------------------------
 def hand_neighbourhood(chi: np.ndarray, kappa: float, p: int) -> np.ndarray:
-    """φ_χcut(χ̃_ij) for one structure written out in numpy: SPHC distances, softmax over j ≠ i in each
-    row, x = χ̃_ij / (κ / n), eq. 29 for x < 1 and 0 beyond."""
+    """φ_χcut(χ̃_ij) for one structure written out in numpy: SPHC distances (degrees (1, 2), rescaled from
+    Racah's to the paper's orthonormal normalisation, smooth norm √(d² + ε²) − ε), softmax over j ≠ i in
+    each row, x = χ̃_ij / (κ / n), eq. 29 for x < 1 and 0 beyond."""
     n = len(chi)
-    d = np.linalg.norm(chi[:, None] - chi[None], axis=-1)
+    scale = np.array([np.sqrt(3 / (4 * np.pi))] * 3 + [np.sqrt(5 / (4 * np.pi))] * 5)
+    plain = np.linalg.norm((chi[:, None] - chi[None]) * scale, axis=-1)
+    d = np.sqrt(plain**2 + SMOOTH_NORM_EPSILON**2) - SMOOTH_NORM_EPSILON
     out = np.zeros((n, n))
     for i in range(n):
         others = [j for j in range(n) if j != i]
@@ -284,7 +287,7 @@ def hand_neighbourhood(chi: np.ndarray, kappa: float, p: int) -> np.ndarray:
 def test_neighbourhood_weight_matches_hand_computation(kappa, p):
     rng = np.random.default_rng(9)
     sizes = [5, 3, 7]
-    chis = [rng.normal(scale=0.6, size=(n, 9)) for n in sizes]
+    chis = [rng.normal(scale=0.6, size=(n, 8)) for n in sizes]  # degrees (1, 2)
     i_list, j_list, n_list = [], [], []
     start = 0
     for n in sizes:
@@ -299,12 +302,14 @@ def test_neighbourhood_weight_matches_hand_computation(kappa, p):
     j = np.concatenate([*j_list, np.full(n_pad_pairs, pad_atom)])
     n_of_pair = np.concatenate([*n_list, np.zeros(n_pad_pairs, int)])
     mask = np.arange(len(i)) < len(i) - n_pad_pairs
-    chi = np.vstack([*chis, np.zeros((n_pad_atoms, 9))])
+    chi = np.vstack([*chis, np.zeros((n_pad_atoms, 8))])
     zeros = jnp.zeros(len(i))
     pairs = Pairs(
         i=jnp.asarray(i), j=jnp.asarray(j), mask=jnp.asarray(mask), r=zeros, cutoff=zeros, rbf=zeros, sph=zeros
     )
-    weights = np.asarray(sphc_neighbourhood_weight(jnp.asarray(chi), pairs, jnp.asarray(n_of_pair), kappa, p))
+    weights = np.asarray(
+        sphc_neighbourhood_weight(jnp.asarray(chi), pairs, jnp.asarray(n_of_pair), kappa, p, DegreeLayout((1, 2)))
+    )
 
     assert np.all(weights[~mask] == 0)
     start = 0
@@ -319,3 +324,44 @@ def test_neighbourhood_weight_matches_hand_computation(kappa, p):
         start += n
     assert inside > 0  # some weights strictly between 0 and 1: the polynomial itself is tested
     assert np.all((weights >= 0) & (weights <= 1))
+
+
+def test_sphc_distances_are_in_the_papers_normalisation():
+    """eq. 14 sees SPHC distances of orthonormal spherical harmonics (the paper's, its authors'): the
+    eq. 11 SPHCs of a random molecule recomputed independently with scipy's complex orthonormal Y_lm
+    (distances do not depend on the unitary change to real harmonics) give the same distances as
+    :func:`sphc_distances` on the model's e3x SPHCs, up to the smooth norm's ε."""
+    from scipy.special import sph_harm_y
+
+    from so3krates.model.layers import init_sphc, sphc_distances
+    from so3krates.model.so3krates import pair_geometry
+
+    layout = DegreeLayout((1, 2, 3))
+    config = ModelConfig(features=24, num_layers=1, degrees=layout.degrees, r_cut=3.0, dtype="float64")
+    pos, z = random_molecule(np.random.default_rng(4), 7, box=3.0)
+    graph = make_graph(pos, z, config.r_cut)
+    vectors = pos[graph.edge_j] - pos[graph.edge_i]  # a molecule: no cell shifts
+    edges = pair_geometry(
+        jnp.asarray(vectors), jnp.asarray(graph.edge_i), jnp.asarray(graph.edge_j),
+        jnp.ones(len(graph.edge_i), bool), config, layout,
+    )  # fmt: skip
+    chi = init_sphc(edges, len(z))
+    i, j = np.nonzero(~np.eye(len(z), dtype=bool))
+    ours = np.asarray(sphc_distances(chi[i], chi[j], layout))
+
+    # eq. 11 by hand: χ_i^(l) = Σ_j φ(r_ij) Y_lm(r̂_ij) / C_i (C_i guarded below 1 as the model does)
+    r = np.linalg.norm(vectors, axis=1)
+    phi = np.where(r < config.r_cut, 0.5 * (np.cos(np.pi * r / config.r_cut) + 1), 0.0)
+    polar, azimuth = np.arccos(vectors[:, 2] / r), np.arctan2(vectors[:, 1], vectors[:, 0])
+    c = np.bincount(graph.edge_i, phi, len(z))
+    c = np.where(c >= 1, c, 0.5 + 0.5 * c**2)
+    hand = []
+    for l in layout.degrees:
+        y = np.stack([sph_harm_y(l, m, polar, azimuth) for m in range(-l, l + 1)], axis=1)
+        block = np.zeros((len(z), 2 * l + 1), complex)
+        np.add.at(block, graph.edge_i, phi[:, None] * y)
+        hand.append(block / c[:, None])
+    plain = np.sqrt(sum(np.sum(np.abs(b[j] - b[i]) ** 2, axis=1) for b in hand))
+    expected = np.sqrt(plain**2 + SMOOTH_NORM_EPSILON**2) - SMOOTH_NORM_EPSILON
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-14)
+    assert plain.max() > 0.1  # the molecule is not degenerate

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.so3 import DegreeLayout, polynomial_cutoff, safe_norm
+from so3krates.so3 import DegreeLayout, polynomial_cutoff, smooth_norm
 
 Array = jax.Array
 
@@ -45,14 +45,15 @@ def segment_sum(values: Array, segments: Array, num_segments: int) -> Array:
 
 
 def per_degree_norm(chi: Array, layout: DegreeLayout) -> Array:
-    """[‖χ^(l)‖₂]_{l∈L}: per-degree norms of flat SPHC vectors, shape (..., |L|), safe at zero.
+    """[‖χ^(l)‖]_{l∈L}: per-degree smooth norms (:func:`so3krates.so3.smooth_norm`) of flat SPHC vectors,
+    shape (..., |L|).
 
+    Smooth because a degree's SPHC vanishes by symmetry (the l = 1, 2 SPHCs of the carbon of CH4, atoms of a
+    perfect cubic crystal, χ_j − χ_i of equivalent atoms), where the plain norm is a cusp and forces jump.
     Written with static slices rather than a small matrix product so that XLA fuses it with its
     neighbours (on CPU every unfused op costs a dispatch, which dominates for small molecules).
     """
-    sq = jnp.stack([jnp.sum(chi[..., layout.slice(l)] ** 2, axis=-1) for l in layout.degrees], axis=-1)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    return jnp.stack([smooth_norm(chi[..., layout.slice(l)], axis=-1) for l in layout.degrees], axis=-1)
 
 
 def repeat_per_degree(values: Array, layout: DegreeLayout) -> Array:
@@ -93,14 +94,15 @@ def block_diagonal(blocks: Array) -> Array:
 
 
 class HeadDense(nn.Module):
-    """Per-head linear projection (W_q, W_k or W_v of eqs. 32–34), block diagonal over H heads.
+    """Per-head affine projection (W_q, W_k or W_v of eqs. 32–34 with a bias), block diagonal over H heads.
 
-    Each head h maps its own slice x^h ∈ R^{F/H} with its own (F/H × F/H) matrix. This is how the
-    authors' release projects queries, keys and values; it reproduces the parameter counts of the
-    paper's Table 4 (fewer parameters with more SPHC heads), see docs/parameters.md.
+    Each head h maps its own slice x^h ∈ R^{F/H} with its own (F/H × F/H) matrix and adds its own bias
+    (F/H,). This is how the authors' release (v0.1) projects queries, keys and values: a biased Dense layer
+    per head; it reproduces the parameter counts of the paper's Table 4 (fewer parameters with more SPHC
+    heads), see docs/parameters.md.
 
-    Returns the (F, F) block-diagonal kernel rather than applying it, so that a layer can apply all its
-    projections to x in one matrix product.
+    Returns the (F, F) block-diagonal kernel and the (F,) bias rather than applying them, so that a layer
+    can apply all its projections to x in one matrix product.
     """
 
     features: int
@@ -108,7 +110,7 @@ class HeadDense(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self) -> Array:
+    def __call__(self) -> tuple[Array, Array]:
         width = self.features // self.num_heads
         kernel = self.param(
             "kernel",
@@ -116,7 +118,8 @@ class HeadDense(nn.Module):
             (self.num_heads, width, width),
             self.dtype,
         )
-        return block_diagonal(kernel)
+        bias = self.param("bias", nn.initializers.zeros, (self.num_heads, width), self.dtype)
+        return block_diagonal(kernel), bias.reshape(self.features)
 
 
 class MLP(nn.Module):
@@ -308,11 +311,32 @@ def sphc_messages(alpha: Array, weight: Array, sph: Array, layout: DegreeLayout)
     return repeat_per_degree(alpha * weight[:, None], layout) * sph
 
 
-def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int) -> Array:
+def sphc_distances(chi_i: Array, chi_j: Array, layout: DegreeLayout) -> Array:
+    """SPHC distances χ_ij = ‖χ_j − χ_i‖ over all degrees, in the paper's normalisation (eq. 14).
+
+    The softmax of eq. 14 is a fixed function of these distances, so their scale matters (unlike
+    everywhere else, where learnable weights absorb it): they are computed for orthonormal spherical
+    harmonics as in the paper and the authors' release, e3x's Racah-normalised entries times
+    √((2l+1)/4π) (with e3x's own scale the l = 1, 2, 3 distances would be 2.05×, 1.59×, 1.34× larger).
+    A smooth norm, because χ_j − χ_i vanishes for atoms of equivalent environments.
+
+    Args:
+        chi_i, chi_j: (P, dim) SPHCs of the centres and the partners, e3x's normalisation.
+    Returns:
+        (P,) distances.
+    """
+    scale = jnp.asarray(layout.orthonormal_scale, chi_i.dtype)
+    return smooth_norm((chi_j - chi_i) * scale, axis=-1)
+
+
+def sphc_neighbourhood_weight(
+    chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int, layout: DegreeLayout
+) -> Array:
     """Spherical neighbourhood φ_χcut(χ̃_ij) of the non-local correction (paper eq. 14, A.2, eq. 29).
 
-    χ_ij = ‖χ_i − χ_j‖ over all degrees; χ̃ = softmax over j of χ_ij within each row i (the pairs must be
-    all ordered pairs of each structure); then the polynomial cutoff (eq. 29) at χ_cut = κ / n_atoms.
+    χ_ij = ‖χ_i − χ_j‖ over all degrees in the paper's normalisation (:func:`sphc_distances`); χ̃ = softmax
+    over j of χ_ij within each row i (the pairs must be all ordered pairs of each structure); then the
+    polynomial cutoff (eq. 29) at χ_cut = κ / n_atoms.
 
     Args:
         chi: (N, dim) SPHCs.  pairs: all pairs within each structure.
@@ -320,7 +344,7 @@ def sphc_neighbourhood_weight(chi: Array, pairs: Pairs, n_atoms_of_centre: Array
     Returns:
         (P,) weights in [0, 1], zero for masked pairs.
     """
-    d = safe_norm(chi[pairs.j] - chi[pairs.i], axis=-1)
+    d = sphc_distances(chi[pairs.i], chi[pairs.j], layout)
     d = jnp.where(pairs.mask, d, -jnp.inf)
     num_atoms = chi.shape[0]
     # Row-wise softmax over j; the max is held constant (stop_gradient) as usual for stability.
@@ -417,14 +441,16 @@ class So3kratesLayer(nn.Module):
     ) -> tuple[Array, Array]:
         F, H, layout = self.features, self.num_heads, self.layout
         num_atoms = x.shape[0]
-        kernels = [
+        kernels, biases = zip(
             HeadDense(F, H, self.dtype, name="feature_query")(),
             HeadDense(F, H, self.dtype, name="feature_key")(),
             HeadDense(F, H, self.dtype, name="feature_value")(),
             HeadDense(F, layout.num_degrees, self.dtype, name="sphc_query")(),
             HeadDense(F, layout.num_degrees, self.dtype, name="sphc_key")(),
-        ]
-        q_f, k_f, v_f, q_s, k_s = jnp.split(x @ jnp.concatenate(kernels, axis=1), 5, axis=-1)
+            strict=True,
+        )
+        projected = x @ jnp.concatenate(kernels, axis=1) + jnp.concatenate(biases)
+        q_f, k_f, v_f, q_s, k_s = jnp.split(projected, 5, axis=-1)
         spherical_first = nn.Dense(
             2 * self.spherical_hidden, dtype=self.dtype, param_dtype=self.dtype, name="spherical"
         )

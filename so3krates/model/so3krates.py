@@ -80,7 +80,9 @@ class So3krates(nn.Module):
             n_atoms_of_pair = batch.n_atoms[batch.node_graph[batch.pair_i]]
 
             def nonlocal_fn(chi: Array) -> Array:
-                return sphc_neighbourhood_weight(chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p)
+                return sphc_neighbourhood_weight(
+                    chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p, layout
+                )
 
         # eq. 9: element embedding
         x = nn.Embed(cfg.max_atomic_number + 1, cfg.features, param_dtype=dtype, name="embedding")(batch.numbers)

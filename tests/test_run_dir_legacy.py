@@ -1,0 +1,33 @@
+"""Run directories written before the attention projections had biases still load (biases zero)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from model_helpers import SMALL, evaluate, model, random_molecule
+
+from so3krates.graph import make_graph
+from so3krates.run_dir import flatten, load_model, save_model, unflatten
+
+
+def test_model_without_attention_biases_loads_with_zero_biases(tmp_path):
+    potential, variables = model(SMALL)
+    flat = flatten(variables)
+    dropped = [
+        name for name in flat if name.endswith("/bias") and name.split("/")[-2].endswith(("_query", "_key", "_value"))
+    ]
+    assert len(dropped) == 5 * SMALL.num_layers  # feature q, k, v and SPHC q, k of every layer
+    legacy = unflatten({k: v for k, v in flat.items() if k not in dropped})
+    save_model(tmp_path, {"model": SMALL.to_dict()}, legacy, {"elements": [1, 6, 7, 8]})
+
+    loaded_potential, loaded, _ = load_model(tmp_path)
+    for name in dropped:
+        assert not np.any(flatten(loaded)[name])
+    graph = make_graph(*random_molecule(np.random.default_rng(3), 6), SMALL.r_cut)
+    zero_bias = unflatten({**flat, **{k: np.zeros_like(flat[k]) for k in dropped}})
+    np.testing.assert_allclose(
+        evaluate(loaded_potential, loaded, [graph])["energy"],
+        evaluate(potential, zero_bias, [graph])["energy"],
+        rtol=1e-12,
+    )
+    assert jax.tree_util.tree_structure(loaded["params"]) == jax.tree_util.tree_structure(variables["params"])
