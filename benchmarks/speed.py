@@ -103,7 +103,7 @@ def make_train_step(potential: Potential, beta: float = 0.99):
     def loss_fn(params, normalization, batch):
         out = potential.predict({"params": params, "normalization": normalization}, batch)
         n_graphs = jnp.maximum(batch.graph_mask.sum(), 1)
-        e_err = jnp.where(batch.graph_mask, out["energy"] - batch.energy, 0.0)
+        e_err = jnp.where(batch.graph_mask, out["interaction_energy"] - batch.energy, 0.0)
         f_err = jnp.where(batch.node_mask[:, None], out["forces"] - batch.forces, 0.0)
         n_atoms = jnp.maximum(batch.n_atoms[batch.node_graph], 1)
         f_term = jnp.sum(jnp.where(batch.node_mask, (f_err**2).sum(-1) / (3 * n_atoms), 0.0))

@@ -41,6 +41,10 @@ from so3krates.md.model import (
 )
 from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.potential import Potential, Variables
+from so3krates.precision import enable_float64
+
+# Keywords of ase.calculators.calculator.Calculator that make sense here (restart files do not).
+ASE_KEYWORDS = ("label", "atoms", "directory")
 
 
 class So3kratesCalculator(Calculator):
@@ -54,7 +58,12 @@ class So3kratesCalculator(Calculator):
         model: an already loaded :class:`~so3krates.md.model.Model` instead of ``model_dir``.
         tabulate: evaluate the radial filters from an interpolation table (the same forces to float32
             rounding, ~1e-6 relative, or ~1e-7 in float64; faster); False runs the exact MLPs.
-        **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
+        dtype: "float32" or "float64" to run the model in; None: the dtype it was trained in. "float64"
+            switches on JAX's 64-bit mode for the process (:func:`so3krates.precision.enable_float64`).
+            In either dtype the energy is a float64 sum (the reference energies and the sum over atoms
+            are float64 on the host), so it resolves small changes of a large total.
+        label, atoms, directory: as for :class:`ase.calculators.calculator.Calculator`. Any other keyword
+            is refused (ASE would keep it as an ignored parameter).
 
     Attributes:
         neighbour_list: the current :class:`~so3krates.md.neighbours.SkinNeighbourList` (``builds``
@@ -70,12 +79,25 @@ class So3kratesCalculator(Calculator):
         headroom: float = 1.25,
         model: Model | None = None,
         tabulate: bool = True,
+        dtype: str | None = None,
         **kwargs: Any,
     ) -> None:
+        unknown = sorted(set(kwargs) - set(ASE_KEYWORDS))
+        if unknown:
+            raise TypeError(
+                f"So3kratesCalculator got unknown keyword argument(s) {', '.join(unknown)}; it takes model_dir, "
+                f"model, skin, headroom, tabulate, dtype and ASE's {', '.join(ASE_KEYWORDS)}"
+            )
         super().__init__(**kwargs)
         if (model_dir is None) == (model is None):
             raise ValueError("give either model_dir or model (see So3kratesCalculator.from_potential)")
-        self.model = model if model is not None else load_model(model_dir)
+        if dtype == "float64":
+            enable_float64()  # asked for explicitly
+        if model is None:
+            model = load_model(model_dir, dtype)
+        elif dtype is not None and dtype != model.potential.config.dtype:
+            model = model.with_dtype(dtype)
+        self.model = model
         if skin < 0:
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
         self.skin = float(skin)
@@ -136,7 +158,7 @@ class So3kratesCalculator(Calculator):
         batch = self._batch(atoms)
         out = self.potential.energy_forces(self.variables, batch, compute_stress=compute_stress, **self._predict_kwargs)
         n = len(atoms)
-        energy = float(out["energy"][0])
+        energy = float(out["energy"][0])  # float64: reference energy and sum over atoms on the host
         self.results = {
             "energy": energy,
             "free_energy": energy,  # no electronic entropy in a force field

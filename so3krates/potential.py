@@ -7,16 +7,25 @@ Forces are the exact gradient F = −∂E/∂R. The stress is the derivative of 
 homogeneous strain ε applied to positions and cell together (r → r(1 + ε), cell → cell(1 + ε)), divided
 by the cell volume: σ = (1/V) ∂E/∂ε, ASE's sign convention (eV/Å³).
 
+Energies are split in two. The traced model gives the interaction energy Σ_i scale[z_i] · MLP(x_i) in the
+model's dtype; the reference energy Σ_i shift[z_i] + c (per-element shifts, the constant of A.14), which
+is most of a total energy (−4,200 eV for ethanol, −7·10⁵ eV for a large DFT cell), is added on the host in
+float64 (:func:`reference_energy`), and so is the sum of the atomic interaction energies. A float32
+model's total energy therefore resolves changes of ~1e-7 of the interaction energy, not 0.5 meV steps of
+−4,200 eV. The shifts and c are kept in float64 in ``variables["normalization"]`` (NumPy arrays).
+
 Example::
 
     potential = Potential(ModelConfig(features=32, num_layers=2))
     batch = collate([make_graph(positions, numbers, potential.config.r_cut)])
     variables = potential.init(jax.random.PRNGKey(0), batch)
-    out = potential.energy_forces(variables, batch)   # {"energy": (G,), "forces": (N, 3)}
+    out = potential.energy_forces(variables, batch)   # {"energy": (G,) float64, "forces": (N, 3), ...}
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,10 +34,10 @@ import numpy as np
 
 from so3krates import cpu_memory
 from so3krates.compile import jit
-from so3krates.graph import Batch
+from so3krates.graph import Batch, Graph
 from so3krates.model.config import ModelConfig
 from so3krates.model.layers import RadialTable
-from so3krates.model.so3krates import So3krates, tabulate_radial_filters, total_energy
+from so3krates.model.so3krates import So3krates, interaction_energy, tabulate_radial_filters
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -44,6 +53,49 @@ def edge_vectors(positions: Array, cell: Array, batch: Batch) -> Array:
 def pair_vectors(positions: Array, batch: Batch) -> Array:
     """r_ij = r_j − r_i for all pairs of the non-local correction (molecules: no periodic images)."""
     return positions[batch.pair_j] - positions[batch.pair_i]
+
+
+def reference_energy(normalization: Variables, batch: Batch) -> np.ndarray:
+    """Σ_i shift[z_i] + c per structure in float64 on the host, (G,); zero for padding graphs.
+
+    Args:
+        normalization: ``variables["normalization"]`` with ``shift`` (Z+1,) and ``energy_offset`` ().
+        batch: a host batch (NumPy arrays).
+    """
+    shift = np.asarray(normalization["shift"], np.float64)
+    offset = float(np.asarray(normalization["energy_offset"], np.float64))
+    numbers, node_mask = np.asarray(batch.numbers), np.asarray(batch.node_mask)
+    graph_mask = np.asarray(batch.graph_mask)
+    per_atom = np.where(node_mask, shift[numbers], 0.0)
+    sums = np.bincount(np.asarray(batch.node_graph), per_atom, minlength=len(graph_mask))
+    return np.where(graph_mask, sums + offset, 0.0)
+
+
+def total_energy(atomic_energies: Array | np.ndarray, normalization: Variables, batch: Batch) -> np.ndarray:
+    """Total energies (G,) in float64: the atomic interaction energies summed in float64 plus
+    :func:`reference_energy`; zero for padding graphs."""
+    atomic = np.where(np.asarray(batch.node_mask), np.asarray(atomic_energies, np.float64), 0.0)
+    graph_mask = np.asarray(batch.graph_mask)
+    sums = np.bincount(np.asarray(batch.node_graph), atomic, minlength=len(graph_mask))
+    return np.where(graph_mask, sums, 0.0) + reference_energy(normalization, batch)
+
+
+def residual_energy_graphs(graphs: Sequence[Graph], normalization: Variables) -> list[Graph]:
+    """``graphs`` with each energy label E replaced by E − (Σ_i shift[z_i] + c), computed in float64 on the
+    host: the quantity the traced model predicts (``interaction_energy``). Training and validation use it,
+    so that a float32 model is fitted to residuals of a few eV, not to totals rounded to 0.5 meV steps."""
+    shift = np.asarray(normalization["shift"], np.float64)
+    offset = float(np.asarray(normalization["energy_offset"], np.float64))
+    return [
+        g if g.energy is None else dataclasses.replace(g, energy=float(g.energy) - (shift[g.numbers].sum() + offset))
+        for g in graphs
+    ]
+
+
+def traced_variables(variables: Variables) -> Variables:
+    """What the traced model reads: the parameters and the per-element scale (the float64 shifts and
+    offset stay on the host)."""
+    return {"params": variables["params"], "normalization": {"scale": variables["normalization"]["scale"]}}
 
 
 class Potential:
@@ -69,7 +121,13 @@ class Potential:
             cell = jnp.asarray(batch.cell, self.dtype)
             pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
             variables = self.module.init(key, batch, edge_vectors(positions, cell, batch), pairs, positions)
-            return jax.tree_util.tree_map(lambda x: x, dict(variables))
+        n_elements = self.config.max_atomic_number + 1
+        normalization = {
+            "scale": variables["normalization"]["scale"],
+            "shift": np.zeros(n_elements, np.float64),  # host float64, see reference_energy
+            "energy_offset": np.zeros((), np.float64),
+        }
+        return {"params": variables["params"], "normalization": normalization}
 
     # -- the functional core --------------------------------------------------------------------
     def energy_unjitted(
@@ -79,8 +137,10 @@ class Potential:
         positions: Array | None = None,
         strain: Array | None = None,
         radial_table: RadialTable | None = None,
-    ) -> Array:
-        """Total energy per structure (G,) at ``positions`` (default the batch's) under ``strain`` (G, 3, 3)."""
+    ) -> tuple[Array, Array]:
+        """Interaction energy per structure (G,) and atomic interaction energies (N,) at ``positions``
+        (default the batch's) under ``strain`` (G, 3, 3): the total energy without the reference energy,
+        which :func:`total_energy` adds on the host."""
         positions = jnp.asarray(batch.positions if positions is None else positions, self.dtype)
         cell = jnp.asarray(batch.cell, self.dtype)
         if strain is not None:
@@ -89,9 +149,9 @@ class Potential:
             cell = jnp.einsum("gij,gjk->gik", cell, deformation)
         pairs = pair_vectors(positions, batch) if self.config.nonlocal_correction else None
         atomic = self.module.apply(
-            variables, batch, edge_vectors(positions, cell, batch), pairs, positions, radial_table
+            traced_variables(variables), batch, edge_vectors(positions, cell, batch), pairs, positions, radial_table
         )
-        return total_energy(atomic, batch, variables["normalization"]["energy_offset"])
+        return interaction_energy(atomic, batch), atomic
 
     def predict(
         self,
@@ -100,7 +160,9 @@ class Potential:
         compute_stress: bool = False,
         radial_table: RadialTable | None = None,
     ) -> dict[str, Array]:
-        """Energy (G,), forces (N, 3) and, with ``compute_stress``, stress (G, 3, 3); not jitted.
+        """Interaction energy (G,), atomic interaction energies (N,), forces (N, 3) and, with
+        ``compute_stress``, stress (G, 3, 3); not jitted. The total energy is ``interaction_energy`` plus
+        the reference energy, added on the host (:meth:`energy_forces` does, in float64).
 
         Differentiable with respect to ``variables["params"]``: training takes gradients of a loss on
         these forces (a second derivative of the energy). ``radial_table`` (see :meth:`tabulate`) swaps
@@ -110,12 +172,16 @@ class Potential:
         num_graphs = batch.graph_mask.shape[0]
         strain = jnp.zeros((num_graphs, 3, 3), self.dtype)
 
-        def summed(pos: Array, eps: Array) -> tuple[Array, Array]:
-            energy = self.energy_unjitted(variables, batch, pos, eps if compute_stress else None, radial_table)
-            return energy.sum(), energy
+        def summed(pos: Array, eps: Array) -> tuple[Array, tuple[Array, Array]]:
+            energy, atomic = self.energy_unjitted(variables, batch, pos, eps if compute_stress else None, radial_table)
+            return energy.sum(), (energy, atomic)
 
-        (grad_pos, grad_strain), energy = jax.grad(summed, argnums=(0, 1), has_aux=True)(positions, strain)
-        out = {"energy": energy, "forces": -jnp.where(batch.node_mask[:, None], grad_pos, 0.0)}
+        (grad_pos, grad_strain), (energy, atomic) = jax.grad(summed, argnums=(0, 1), has_aux=True)(positions, strain)
+        out = {
+            "interaction_energy": energy,
+            "atomic_energies": atomic,
+            "forces": -jnp.where(batch.node_mask[:, None], grad_pos, 0.0),
+        }
         if compute_stress:
             cell = jnp.asarray(batch.cell, self.dtype)
             volume = jnp.abs(jnp.linalg.det(cell))
@@ -137,10 +203,11 @@ class Potential:
                     f"(max_atomic_number = {self.config.max_atomic_number})"
                 )
 
-    def energy(self, variables: Variables, batch: Batch) -> Array:
-        """Jitted total energy per structure, shape (G,)."""
+    def energy(self, variables: Variables, batch: Batch) -> np.ndarray:
+        """Total energy per structure, (G,) float64 (jitted model, reference energy added on the host)."""
         self.check_elements(batch)
-        return self._energy(variables, batch)
+        _, atomic = self._energy(traced_variables(variables), batch)
+        return total_energy(atomic, variables["normalization"], batch)
 
     def energy_forces(
         self,
@@ -149,13 +216,22 @@ class Potential:
         compute_stress: bool = False,
         radial_table: RadialTable | None = None,
     ) -> dict[str, Array]:
-        """Jitted :meth:`predict`: one compiled function per padded batch shape.
+        """Jitted :meth:`predict` plus the host's float64 total: ``energy`` (G,) float64 (see
+        :func:`total_energy`), ``forces`` (N, 3) and, with ``compute_stress``, ``stress`` (G, 3, 3) in the
+        model's dtype, and the traced outputs ``interaction_energy`` and ``atomic_energies``. One compiled
+        function per padded batch shape.
 
         For repeated inference with fixed weights (MD, relaxation, evaluation) pass
         ``radial_table=potential.tabulate(variables)``: several times fewer FLOPs per edge.
         """
         self.check_elements(batch)
-        return self._energy_forces(variables, batch, compute_stress=compute_stress, radial_table=radial_table)
+        out = dict(
+            self._energy_forces(
+                traced_variables(variables), batch, compute_stress=compute_stress, radial_table=radial_table
+            )
+        )
+        out["energy"] = total_energy(out["atomic_energies"], variables["normalization"], batch)
+        return out
 
     def tabulate(
         self, variables: Variables, num_points: int = 1024, rank_tolerance: float | None = None

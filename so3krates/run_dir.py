@@ -33,6 +33,7 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 SPLIT_FILE = "split.npz"
+HOST_FLOAT64 = ("normalization/shift", "normalization/energy_offset")
 # Models saved before the attention projections got biases (as in the authors' release) are the same
 # models with those biases zero: they load, with zeros filled in.
 LEGACY_ZERO_BIAS = re.compile(r"params/layer_\d+/(feature_query|feature_key|feature_value|sphc_query|sphc_key)/bias")
@@ -270,23 +271,32 @@ def _check_weights(loaded: dict[str, Any], expected: dict[str, Any], path: Path)
             raise ValueError(f"{path}: {name} has shape {value.shape}, config.yaml implies {tuple(spec.shape)}")
         if not np.isfinite(value).all():
             raise ValueError(f"{path}: {name} contains NaN or infinite values (a diverged run?)")
-        out[name] = np.asarray(value, dtype=spec.dtype)
+        # The reference energies stay float64 whatever the model's dtype (potential.reference_energy).
+        out[name] = np.asarray(value, dtype=np.float64 if name in HOST_FLOAT64 else spec.dtype)
     return unflatten(out)
 
 
-def load_model(directory: str | Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def load_model(directory: str | Path, dtype: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Load a model directory: ``(Potential, variables, metadata)``.
+
+    Args:
+        directory: a run directory written by ``so3krates train``.
+        dtype: run the model in "float32" or "float64" whatever it was trained in; None: as trained.
+            float64 needs JAX's 64-bit mode (:mod:`so3krates.precision`); it is not switched on here.
 
     Raises:
         FileNotFoundError: the directory or one of its files is missing (the file is named).
-        ValueError: a file is corrupted, the weights do not match the config, or the format version
-            is unknown or newer than this so3krates reads.
+        ValueError: a file is corrupted, the weights do not match the config, the format version
+            is unknown or newer than this so3krates reads, or float64 without JAX's 64-bit mode.
     """
+    import dataclasses
+
     import jax
 
     from so3krates.graph import collate, make_graph
     from so3krates.model.config import ModelConfig
     from so3krates.potential import Potential
+    from so3krates.precision import check_dtype
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -297,14 +307,22 @@ def load_model(directory: str | Path) -> tuple[Any, dict[str, Any], dict[str, An
         model_config = ModelConfig.from_dict(config["model"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{directory / CONFIG_FILE}: invalid model section: {err}") from None
+    if dtype is not None:
+        model_config = dataclasses.replace(model_config, dtype=dtype)
+    check_dtype(
+        model_config.dtype, f"model {directory} ({'asked for' if dtype else 'trained in'} {model_config.dtype})"
+    )
     loaded = read_weights(directory)
-    if model_config.dtype == "float64" and not jax.config.jax_enable_x64:
-        # The model was trained in float64; running it in float32 would silently change its numbers.
-        jax.config.update("jax_enable_x64", True)
     potential = Potential(model_config)
     example = collate([make_graph(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), np.array([1, 1]), model_config.r_cut)])
     # Shapes only: eval_shape traces init without running or compiling it.
     expected = jax.eval_shape(potential.init, jax.random.PRNGKey(0), example)
     variables = _check_weights(loaded, expected, directory / WEIGHTS_FILE)
-    variables = jax.tree_util.tree_map(jax.numpy.asarray, variables)
+    normalization = variables["normalization"]
+    variables = {
+        "params": jax.tree_util.tree_map(jax.numpy.asarray, variables["params"]),
+        "normalization": {"scale": jax.numpy.asarray(normalization["scale"]), **{
+            key: normalization[key] for key in ("shift", "energy_offset")  # float64 on the host
+        }},
+    }  # fmt: skip
     return potential, variables, metadata

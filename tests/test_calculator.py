@@ -197,3 +197,111 @@ def test_constructor_needs_a_model():
         So3kratesCalculator()
     with pytest.raises(FileNotFoundError):
         So3kratesCalculator("/nonexistent/run")
+
+
+# -- precision (issue #17, item 2) -----------------------------------------------------------------------
+def four_ethanols() -> Atoms:
+    atoms = ethanol()
+    for shift in ([5.5, 0, 0], [0, 5.5, 0], [5.5, 5.5, 0]):
+        other = ethanol()
+        other.positions += shift
+        atoms += other
+    atoms.rattle(0.03, seed=2)
+    return atoms
+
+
+def with_huge_reference(model: Model, total: float, n_atoms: int) -> Model:
+    """``model`` with per-element shifts that put a structure of ``n_atoms`` at ``total`` eV (DFT scale)."""
+    normalization = dict(model.variables["normalization"])
+    normalization["shift"] = np.full_like(np.asarray(normalization["shift"], np.float64), total / n_atoms)
+    return Model(model.potential, {**model.variables, "normalization": normalization}, model.elements)
+
+
+def test_float32_energy_resolves_a_tiny_displacement_of_a_huge_total(trained):
+    """A float32 model at −7·10⁵ eV: float32 totals come in steps of 0.0625 eV there, so only the float64
+    reference energy and float64 sum over atoms let ΔE of a 1e-4 Å move match −F·Δx (to 1 %)."""
+    atoms = four_ethanols()
+    model = with_huge_reference(trained.with_dtype("float32"), -7.0e5, len(atoms))
+    atoms.calc = calculator(model)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    assert model.potential.config.dtype == "float32" and abs(energy + 7.0e5) < 100.0
+    a = int(np.argmax(np.linalg.norm(forces, axis=1)))
+    step = 1e-4 * forces[a] / np.linalg.norm(forces[a])  # 1e-4 Å along the force on that atom
+    energies = []
+    for sign in (0.5, -0.5):
+        moved = atoms.copy()
+        moved.positions[a] += sign * step
+        moved.calc = atoms.calc
+        energies.append(moved.get_potential_energy())
+    expected = -forces[a] @ step
+    assert abs(expected) > 1e-5 and abs(np.spacing(np.float32(energy))) > 100 * abs(expected)
+    assert (energies[0] - energies[1]) == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "eps", "atol", "strain_eps", "stress_atol"),
+    [("float64", 1e-4, 1e-6, 1e-5, 1e-7), ("float32", 2e-3, 1e-3, 1e-3, 1e-5)],
+)
+def test_finite_differences_in_either_dtype(trained, dtype, eps, atol, strain_eps, stress_atol):
+    """Forces and stress equal finite differences of the calculator's energy, in float64 and in float32,
+    with the steps and tolerances float32 allows (its energies are good to ~1e-6 eV here, so the step
+    must be larger and the tolerance looser: 3e-4 and 6e-4 eV/Å at a 2e-3 Å step, measured)."""
+    for atoms in (ethanol(), periodic_ethanol()):
+        atoms.rattle(0.05, seed=1)
+        atoms.calc = calculator(trained, dtype=dtype)
+        forces = atoms.get_forces()
+        np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=eps), atol=atol)
+        assert np.abs(forces).max() > 1e-2
+        if atoms.pbc.any():
+            numerical = calculate_numerical_stress(atoms, eps=strain_eps)
+            np.testing.assert_allclose(atoms.get_stress(), numerical, atol=stress_atol)
+
+
+def test_dtype_changes_the_arithmetic_not_the_model(trained):
+    atoms = ethanol()
+    atoms.rattle(0.05, seed=3)
+    e64 = calculator(trained, dtype="float64").get_potential_energy(atoms)
+    calc32 = calculator(trained, dtype="float32")
+    assert (
+        calc32.potential.config.dtype == "float32"
+        and calc32.variables["params"]["embedding"]["embedding"].dtype == np.float32
+    )
+    assert calc32.get_potential_energy(atoms) == pytest.approx(e64, abs=1e-4)
+    assert calculator(trained).potential.config.dtype == trained.potential.config.dtype
+
+
+def test_unknown_keyword_is_refused(trained):
+    with pytest.raises(TypeError, match="dtpe"):
+        So3kratesCalculator(model=trained, dtpe="float64")
+    with pytest.raises(ValueError, match="float32 or float64|one of"):
+        So3kratesCalculator(model=trained, dtype="float16")
+
+
+def test_no_silent_64_bit_mode(tmp_path):
+    """In a fresh process: importing and running a float32 model leaves JAX's 64-bit mode off; a float64
+    model is refused with a message until float64 is asked for, which then switches the mode on."""
+    import subprocess
+    import sys
+
+    script = f"""
+import jax
+from so3krates.calculator import So3kratesCalculator
+from so3krates.md.testing import emt_structure
+run = {str(emt_run_dir())!r}
+atoms = emt_structure("CH3CH2OH")
+atoms.calc = So3kratesCalculator(run, dtype="float32")
+atoms.get_potential_energy()
+print("x64 after float32:", jax.config.jax_enable_x64)
+try:
+    So3kratesCalculator(run)
+except ValueError as err:
+    print("refused:", "64-bit mode" in str(err))
+atoms.calc = So3kratesCalculator(run, dtype="float64")
+atoms.get_forces()
+print("x64 after float64:", jax.config.jax_enable_x64)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "x64 after float32: False" in out.stdout
+    assert "refused: True" in out.stdout
+    assert "x64 after float64: True" in out.stdout

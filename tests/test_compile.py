@@ -26,7 +26,9 @@ def test_potential_programs_are_compiled_without_ynnpack_products():
     out = potential.energy_forces(variables, batch)
     reference = jax.jit(potential.predict)(variables, batch)
     np.testing.assert_allclose(np.asarray(out["forces"]), np.asarray(reference["forces"]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(out["energy"]), np.asarray(reference["energy"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out["interaction_energy"]), np.asarray(reference["interaction_energy"]), rtol=1e-6
+    )
 
 
 def test_no_options_off_the_cpu():

@@ -123,7 +123,7 @@ def test_neighbour_list_capacity_grows_and_keeps_every_pair():
 
 def test_blow_up_is_reported(model):
     variables = {**model.variables, "normalization": {**model.variables["normalization"]}}
-    variables["normalization"]["energy_offset"] = np.nan * variables["normalization"]["energy_offset"]
+    variables["normalization"]["scale"] = np.nan * np.asarray(variables["normalization"]["scale"])
     md = JaxMD(Model(model.potential, variables, model.elements), ethanol(300.0), "nve", timestep_fs=0.5)
     with pytest.raises(FloatingPointError, match="blew up"):
         md.run(20, interval=10)

@@ -154,7 +154,7 @@ def test_parameter_gradients_finite_with_padding():
 
     def loss(params):
         out = potential.predict({**variables, "params": params}, batch)
-        return jnp.sum(out["forces"] ** 2) + jnp.sum(out["energy"] ** 2)
+        return jnp.sum(out["forces"] ** 2) + jnp.sum(out["interaction_energy"] ** 2)
 
     grads = jax.grad(loss)(variables["params"])
     leaves = jax.tree_util.tree_leaves(grads)
@@ -365,3 +365,22 @@ def test_sphc_distances_are_in_the_papers_normalisation():
     expected = np.sqrt(plain**2 + SMOOTH_NORM_EPSILON**2) - SMOOTH_NORM_EPSILON
     np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-14)
     assert plain.max() > 0.1  # the molecule is not degenerate
+
+
+def test_racah_normalisation_option_measures_in_e3x_units():
+    """``nonlocal_normalisation="racah"`` (kept for comparisons): the distances of degree l are
+    √(4π/(2l+1)) times the orthonormal ones; anything else is refused."""
+    from so3krates.model.layers import sphc_distances
+
+    rng = np.random.default_rng(2)
+    chi_i, chi_j = jnp.asarray(rng.normal(size=(6, 5))), jnp.asarray(rng.normal(size=(6, 5)))  # degree 2 only
+    layout = DegreeLayout((2,))
+
+    def plain(d):  # undo the smooth norm
+        return np.sqrt((np.asarray(d) + SMOOTH_NORM_EPSILON) ** 2 - SMOOTH_NORM_EPSILON**2)
+
+    racah = plain(sphc_distances(chi_i, chi_j, layout, orthonormal=False))
+    orthonormal = plain(sphc_distances(chi_i, chi_j, layout))
+    np.testing.assert_allclose(racah, orthonormal * np.sqrt(4 * np.pi / 5), rtol=1e-12)
+    with pytest.raises(ValueError, match="nonlocal_normalisation"):
+        ModelConfig(nonlocal_normalisation="schmidt")

@@ -72,7 +72,7 @@ def test_paired_and_plain_layouts_give_the_same_energy_forces_stress_and_gradien
 
     def loss(params, batch):  # noqa: ANN001, ANN202 (a training loss: energies and forces)
         out = potential.predict({"params": params, "normalization": normalization}, batch)
-        return jnp.sum(out["energy"] ** 2) + jnp.sum(out["forces"] ** 2)
+        return jnp.sum(out["interaction_energy"] ** 2) + jnp.sum(out["forces"] ** 2)
 
     gradient = jax.jit(jax.grad(loss))
     grad_paired, grad_plain = gradient(variables["params"], paired), gradient(variables["params"], plain)

@@ -57,14 +57,14 @@ def test_loss_matches_hand_computation(beta: float) -> None:
     n_nodes, n_graphs = batch.positions.shape[0], batch.graph_mask.shape[0]
     pred = {
         # garbage in the padding entries must not leak into the loss
-        "energy": rng.normal(size=n_graphs) * 10,
+        "interaction_energy": rng.normal(size=n_graphs) * 10,
         "forces": rng.normal(size=(n_nodes, 3)) * 10,
     }
     expected = 0.0
     start = 0
     for g, graph in enumerate(graphs):
         n = graph.n_atoms
-        de = pred["energy"][g] - graph.energy
+        de = pred["interaction_energy"][g] - graph.energy
         df = pred["forces"][start : start + n] - graph.forces
         expected += (1 - beta) * de**2 + beta / (3 * n) * np.sum(df**2)
         start += n
@@ -78,7 +78,7 @@ def test_loss_in_user_units_and_missing_labels() -> None:
     graphs = _labelled_graphs(rng)
     graphs[1].energy = None  # the second structure has no energy label: no energy term for it
     batch = collate(graphs)
-    pred = {"energy": np.zeros(batch.graph_mask.shape[0]), "forces": np.array(batch.forces)}
+    pred = {"interaction_energy": np.zeros(batch.graph_mask.shape[0]), "forces": np.array(batch.forces)}
     kcal_mol = kcal / mol
     scales = LossScales.from_units(kcal_mol, 1.0)
     errors = structure_errors(pred, batch, scales)
@@ -354,3 +354,34 @@ def test_load_model_rejects_weights_of_another_config(saved_model: tuple, tmp_pa
         rd.load_model(directory)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         rd.load_model(tmp_path / "nowhere")
+
+
+def test_loss_units_ev_computes_the_loss_in_ev(tmp_path) -> None:
+    """``loss_units="eV"`` (the authors' MD17 setting): for a kcal/mol file the loss is (kcal/mol in eV)²
+    times the loss in the file's units, the reported errors stay in kcal/mol. Learning rate ~0, so both
+    runs see the same weights."""
+    import csv
+
+    from test_train_helpers import TINY_MODEL, emt_dataset
+
+    from so3krates.model.config import ModelConfig
+    from so3krates.train import TrainConfig, train
+
+    data = emt_dataset(tmp_path / "emt.extxyz", n_frames=12)
+    rows = {}
+    for units in ("data", "eV"):
+        config = TrainConfig(
+            data=str(data), energy_unit="kcal/mol", loss_units=units, n_train=8, n_valid=4, max_epochs=1,
+            batch_size=4, lr=1e-12, schedule="constant", ema_decay=0.0, progress=False,
+            model=ModelConfig.from_dict(TINY_MODEL),
+        )  # fmt: skip
+        train(config, tmp_path / units, log=lambda _: None)
+        with open(tmp_path / units / "metrics.csv") as f:
+            rows[units] = next(csv.DictReader(f))
+    factor = (kcal / mol) ** 2
+    assert float(rows["eV"]["train_loss"]) == pytest.approx(factor * float(rows["data"]["train_loss"]), rel=1e-5)
+    assert float(rows["eV"]["valid_loss"]) == pytest.approx(factor * float(rows["data"]["valid_loss"]), rel=1e-5)
+    for key in ("valid_energy_mae", "valid_forces_mae"):
+        assert float(rows["eV"][key]) == pytest.approx(float(rows["data"][key]), rel=1e-5)
+    with pytest.raises(ValueError, match="loss_units"):
+        TrainConfig(loss_units="kJ")

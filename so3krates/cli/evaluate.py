@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
+from so3krates.precision import add_dtype_argument, dtype_for_run
 from so3krates.train.evaluate import SPLITS
 
 
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stress-key", help="name of the stress label in --data (default: as in training)")
     parser.add_argument("--batch-size", type=int, default=16, help="structures per evaluation batch (default 16)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the parity plot")
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         stress_key=args.stress_key,
         batch_size=args.batch_size,
         plot=not args.no_plot,
+        dtype=dtype_for_run(args.model, args.dtype),
     )
     print(format_table(result.metrics))
     print(f"metrics, predictions and parity plot written to {result.out_dir}")

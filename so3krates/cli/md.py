@@ -25,6 +25,7 @@ from tqdm import tqdm
 from so3krates.md import engine as md_engine
 from so3krates.md import model as md_model
 from so3krates.md.output import EnergyLog, TrajectoryWriter
+from so3krates.precision import add_dtype_argument, dtype_for_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-velocities", action="store_true", help="start from the momenta stored in --structure instead"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     atoms = ase.io.read(args.structure, index=args.index)
     if isinstance(atoms, list):
         raise ValueError(f"--index {args.index} selects several frames; give one")
-    model = md_model.load_model(args.model)
+    model = md_model.load_model(args.model, dtype_for_run(args.model, args.dtype))
     if not args.keep_velocities:
         md_engine.initial_velocities(atoms, args.temperature, seed=args.seed)
     settings = {

@@ -20,6 +20,7 @@ import ase.io
 import numpy as np
 
 from so3krates.md import model as md_model
+from so3krates.precision import add_dtype_argument, dtype_for_run
 
 OPTIMIZERS = ("BFGS", "FIRE", "LBFGS")
 
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="relaxed.extxyz", help="relaxed structure (extended XYZ)")
     parser.add_argument("--trajectory", default=None, help="also write every optimiser step here")
     parser.add_argument("--log", default="-", help="optimiser log file ('-': stdout)")
+    add_dtype_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--index {args.index} selects several frames; give one")
     if args.cell and not atoms.pbc.any():
         raise ValueError("--cell needs a periodic structure (pbc is False in every direction)")
-    atoms.calc = So3kratesCalculator(model=md_model.load_model(args.model))
+    atoms.calc = So3kratesCalculator(model=md_model.load_model(args.model, dtype_for_run(args.model, args.dtype)))
     target = FrechetCellFilter(atoms, scalar_pressure=args.pressure * units.GPa) if args.cell else atoms
     optimizer = getattr(optimize, args.optimizer)(target, logfile=args.log)
     trajectory = TrajectoryWriter(args.trajectory) if args.trajectory else None

@@ -6,7 +6,7 @@ receives the model (config.yaml, model.safetensors, metadata.json, split.npz), m
 TensorBoard events, learning_curve.png and checkpoint_latest.msgpack. To continue a stopped or
 killed run, repeat the command with --resume (only --max-epochs, --max-time and --patience may
 change). Without --data, a quick demonstration trains a small model on the bundled ethanol dataset
-in a few minutes. Example: so3krates train --data md17_ethanol.npz --energy-unit kcal/mol
+in a few minutes. Example: so3krates train --data md17_ethanol.npz --energy-unit kcal/mol --loss-units eV
 --n-train 1000 --n-valid 500 --out runs/ethanol; then: so3krates evaluate --model runs/ethanol.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
-from so3krates.train.config import SCHEDULES, TrainConfig, parse_count, parse_degrees, parse_duration
+from so3krates.train.config import LOSS_UNITS, SCHEDULES, TrainConfig, parse_count, parse_degrees, parse_duration
 
 
 def count(text: str) -> int | float:
@@ -65,6 +65,7 @@ _OPTIONS = {
     "max_epochs": "max_epochs",
     "batch_size": "batch_size",
     "energy_unit": "energy_unit",
+    "loss_units": "loss_units",
     "length_unit": "length_unit",
     "energy_key": "energy_key",
     "forces_key": "forces_key",
@@ -118,7 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--energy-unit",
         help=f"energy unit of the file: {', '.join(ENERGY_UNIT_NAMES)} (default eV); forces are in "
-        "energy unit / length unit. Errors are reported and the loss computed in these units",
+        "energy unit / length unit. Errors are reported in these units",
+    )
+    data.add_argument(
+        "--loss-units",
+        choices=LOSS_UNITS,
+        help="compute the loss in the file's units (data, the default) or in eV and Å (eV: as the authors' "
+        "release trained MD17; the units set how hard --grad-clip binds)",
     )
     data.add_argument("--length-unit", help=f"length unit of the file: {', '.join(LENGTH_UNIT_NAMES)} (default Å)")
     data.add_argument("--energy-key", help="name of the energy label in the file (default: the format's own)")

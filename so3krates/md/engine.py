@@ -32,6 +32,7 @@ from so3krates.graph import check_structure
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
 from so3krates.md.model import Model, energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
 from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
+from so3krates.potential import reference_energy
 
 ENSEMBLES = ("nve", "langevin", "nvt")
 
@@ -150,12 +151,13 @@ class JaxMD:
         batch = self._template_host.replace(positions=self._template_host.positions.copy())
         batch.positions[: self.n_atoms] = positions
         initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
+        self._reference_energy = float(reference_energy(model.variables["normalization"], batch)[0])
         self.state = MDState(
             positions=jnp.asarray(positions, self.dtype),
             momenta=jnp.asarray(atoms.get_momenta(), self.dtype),
             forces=jnp.asarray(initial["forces"][: self.n_atoms], self.dtype),
             masses=jnp.asarray(atoms.get_masses(), self.dtype),
-            energy=jnp.asarray(initial["energy"][0], self.dtype),
+            energy=jnp.asarray(initial["interaction_energy"][0], self.dtype),
             key=jax.random.PRNGKey(seed),
             step=jnp.zeros((), jnp.int32),
         )
@@ -260,7 +262,9 @@ class JaxMD:
 
     # -- observables -------------------------------------------------------------------------------
     def potential_energy(self) -> float:
-        return float(self.state.energy)
+        """The total potential energy, eV: the state's interaction energy plus the reference energy
+        Σ_i shift[z_i] + c, added in float64 (the integrators carry the interaction energy only)."""
+        return float(self.state.energy) + self._reference_energy
 
     def kinetic_energy(self) -> float:
         return float(kinetic_energy(self.state.momenta, self.state.masses))
@@ -279,7 +283,7 @@ class JaxMD:
         atoms.positions = np.asarray(state.positions, np.float64)
         atoms.set_momenta(np.asarray(state.momenta, np.float64), apply_constraint=False)
         atoms.calc = SinglePointCalculator(
-            atoms, energy=float(state.energy), forces=np.asarray(state.forces, np.float64)
+            atoms, energy=float(state.energy) + self._reference_energy, forces=np.asarray(state.forces, np.float64)
         )
         return atoms
 

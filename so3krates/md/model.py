@@ -36,6 +36,21 @@ class Model:
     def r_cut(self) -> float:
         return float(self.potential.config.r_cut)
 
+    def with_dtype(self, dtype: str) -> Model:
+        """The same model evaluated in ``dtype`` ("float32" or "float64"; float64 needs JAX's 64-bit mode)."""
+        import dataclasses
+
+        from so3krates.precision import check_dtype
+
+        check_dtype(dtype, "Model.with_dtype")
+        potential = Potential(dataclasses.replace(self.potential.config, dtype=dtype))
+        normalization = self.variables["normalization"]
+        variables = {
+            "params": jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self.variables["params"]),
+            "normalization": {**normalization, "scale": jnp.asarray(normalization["scale"], dtype)},
+        }
+        return Model(potential, variables, self.elements)
+
     def check_elements(self, numbers: Iterable[int], where: str = "structure") -> None:
         """Refuse elements the model never saw (its predictions for them would be meaningless)."""
         numbers = np.asarray(list(numbers), dtype=np.int64)
@@ -81,11 +96,13 @@ def _elements_from_metadata(metadata: dict[str, Any]) -> tuple[int, ...] | None:
 _LOADED: dict[tuple, Model] = {}
 
 
-def load_model(model_dir: str | Path) -> Model:
+def load_model(model_dir: str | Path, dtype: str | None = None) -> Model:
     """Load a trained run directory (written by ``so3krates train``); its elements come from the metadata.
 
-    Loading the same unchanged directory again returns the same :class:`Model`, so its compiled
-    functions are reused (a second calculator or MD run in one process does not recompile).
+    ``dtype``: "float32" or "float64" to run the model in, None: as trained (see
+    :func:`so3krates.run_dir.load_model`). Loading the same unchanged directory in the same dtype again
+    returns the same :class:`Model`, so its compiled functions are reused (a second calculator or MD run
+    in one process does not recompile).
     """
     model_dir = Path(model_dir)
     if not model_dir.exists():
@@ -93,9 +110,9 @@ def load_model(model_dir: str | Path) -> Model:
     from so3krates.run_dir import load_model as load_run
 
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(model_dir.iterdir()) if p.is_file())
-    key = (str(model_dir.resolve()), stamp)
+    key = (str(model_dir.resolve()), stamp, dtype)
     if key not in _LOADED:
-        potential, variables, metadata = load_run(model_dir)
+        potential, variables, metadata = load_run(model_dir, dtype)
         _LOADED[key] = Model(potential, variables, _elements_from_metadata(dict(metadata or {})))
     return _LOADED[key]
 
@@ -156,7 +173,8 @@ def energy_forces_fn(potential: Potential, n_atoms: int):  # noqa: ANN201 (a clo
 
     ``positions`` (n_atoms, 3) are the real atoms; the padding atoms of ``template`` stay at the origin
     (their edges and masks are off, so they contribute nothing). ``radial_table`` (optional, from
-    :func:`radial_table`) is the tabulated radial filters. Returns (energy (), forces (n_atoms, 3)).
+    :func:`radial_table`) is the tabulated radial filters. Returns (interaction energy (), forces (n_atoms, 3)):
+    the energy without the reference Σ_i shift[z_i] + c, which the engine adds on the host in float64.
     """
 
     def fn(
@@ -172,7 +190,7 @@ def energy_forces_fn(potential: Potential, n_atoms: int):  # noqa: ANN201 (a clo
         batch = with_neighbours(template, neighbours).replace(positions=full)
         kwargs = {} if radial_table is None else {"radial_table": radial_table}
         out = potential.predict(variables, batch, **kwargs)
-        return out["energy"][0], out["forces"][:n_atoms]
+        return out["interaction_energy"][0], out["forces"][:n_atoms]
 
     return fn
 

@@ -25,6 +25,9 @@ class ModelConfig:
         nonlocal_correction: add the SPHC-space geometric correction (eq. 14, A.2).
         nonlocal_kappa: κ, the spherical cutoff is κ / n_atoms.
         nonlocal_p: p of the polynomial cutoff (eq. 29).
+        nonlocal_normalisation: the spherical harmonics eq. 14's SPHC distances are measured in:
+            "orthonormal" (the paper's and its authors' release's, the default) or "racah" (e3x's,
+            √(4π/(2l+1)) times larger; what this package used before, kept for comparisons, docs/cumulene.md).
         global_attention: None, or "efa" for Euclidean fast attention (see docs).
         pseudotensor_paths: keep the Clebsch–Gordan paths with l1 + l2 + l odd in eq. 19 (the paper's
             "all valid combinations"); False makes the energy invariant under inversion too.
@@ -57,6 +60,7 @@ class ModelConfig:
     nonlocal_correction: bool = False
     nonlocal_kappa: float = 1.0
     nonlocal_p: int = 6
+    nonlocal_normalisation: str = "orthonormal"
     global_attention: str | None = None
     pseudotensor_paths: bool = True
     efa_qk_features: int = 16
@@ -81,6 +85,10 @@ class ModelConfig:
             raise ValueError(f"r_cut must be positive, got {self.r_cut}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if self.nonlocal_normalisation not in ("orthonormal", "racah"):
+            raise ValueError(
+                f"nonlocal_normalisation must be 'orthonormal' or 'racah', got {self.nonlocal_normalisation!r}"
+            )
         if self.global_attention not in (None, "efa"):
             raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
         self._check_efa()

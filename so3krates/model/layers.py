@@ -311,7 +311,7 @@ def sphc_messages(alpha: Array, weight: Array, sph: Array, layout: DegreeLayout)
     return repeat_per_degree(alpha * weight[:, None], layout) * sph
 
 
-def sphc_distances(chi_i: Array, chi_j: Array, layout: DegreeLayout) -> Array:
+def sphc_distances(chi_i: Array, chi_j: Array, layout: DegreeLayout, orthonormal: bool = True) -> Array:
     """SPHC distances χ_ij = ‖χ_j − χ_i‖ over all degrees, in the paper's normalisation (eq. 14).
 
     The softmax of eq. 14 is a fixed function of these distances, so their scale matters (unlike
@@ -322,15 +322,24 @@ def sphc_distances(chi_i: Array, chi_j: Array, layout: DegreeLayout) -> Array:
 
     Args:
         chi_i, chi_j: (P, dim) SPHCs of the centres and the partners, e3x's normalisation.
+        orthonormal: False measures them in e3x's own (Racah) normalisation instead (for comparisons).
     Returns:
         (P,) distances.
     """
+    if not orthonormal:
+        return smooth_norm(chi_j - chi_i, axis=-1)
     scale = jnp.asarray(layout.orthonormal_scale, chi_i.dtype)
     return smooth_norm((chi_j - chi_i) * scale, axis=-1)
 
 
 def sphc_neighbourhood_weight(
-    chi: Array, pairs: Pairs, n_atoms_of_centre: Array, kappa: float, p: int, layout: DegreeLayout
+    chi: Array,
+    pairs: Pairs,
+    n_atoms_of_centre: Array,
+    kappa: float,
+    p: int,
+    layout: DegreeLayout,
+    orthonormal: bool = True,
 ) -> Array:
     """Spherical neighbourhood φ_χcut(χ̃_ij) of the non-local correction (paper eq. 14, A.2, eq. 29).
 
@@ -344,7 +353,7 @@ def sphc_neighbourhood_weight(
     Returns:
         (P,) weights in [0, 1], zero for masked pairs.
     """
-    d = sphc_distances(chi[pairs.i], chi[pairs.j], layout)
+    d = sphc_distances(chi[pairs.i], chi[pairs.j], layout, orthonormal)
     d = jnp.where(pairs.mask, d, -jnp.inf)
     num_atoms = chi.shape[0]
     # Row-wise softmax over j; the max is held constant (stop_gradient) as usual for stability.

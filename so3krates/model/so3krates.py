@@ -48,10 +48,12 @@ def pair_geometry(vectors: Array, i: Array, j: Array, mask: Array, config: Model
 class So3krates(nn.Module):
     """So3krates: embedding (eq. 9), SPHC initialisation (eq. 11), ``num_layers`` layers, atomic energies.
 
-    ``__call__`` returns the atomic energies E_i = scale[z_i] · MLP(x_i) + shift[z_i] (zero for padding
-    atoms). Per-element scale and shift live in the variable collection ``normalization`` (set from the
-    training data, not trained), next to ``energy_offset`` (the constant c of A.14, added per structure
-    by the potential).
+    ``__call__`` returns the atomic interaction energies scale[z_i] · MLP(x_i) (zero for padding atoms):
+    the atomic energies E_i = scale[z_i] · MLP(x_i) + shift[z_i] without the per-element shift. The scale
+    lives in the variable collection ``normalization`` (set from the training data, not trained). The
+    shifts and the constant c of A.14 are the large part of a total energy (−4,200 eV for ethanol) and a
+    float32 sum would round it to 0.5 meV steps, so they are not part of the traced model: the potential
+    adds them on the host in float64 (:func:`so3krates.potential.reference_energy`).
     """
 
     config: ModelConfig
@@ -80,8 +82,9 @@ class So3krates(nn.Module):
             n_atoms_of_pair = batch.n_atoms[batch.node_graph[batch.pair_i]]
 
             def nonlocal_fn(chi: Array) -> Array:
+                orthonormal = cfg.nonlocal_normalisation == "orthonormal"
                 return sphc_neighbourhood_weight(
-                    chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p, layout
+                    chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p, layout, orthonormal
                 )
 
         # eq. 9: element embedding
@@ -138,10 +141,7 @@ class So3krates(nn.Module):
 
         energy = MLP(cfg.features, 1, dtype, name="output")(x)[:, 0]
         scale = self.variable("normalization", "scale", lambda: jnp.ones(cfg.max_atomic_number + 1, dtype))
-        shift = self.variable("normalization", "shift", lambda: jnp.zeros(cfg.max_atomic_number + 1, dtype))
-        self.variable("normalization", "energy_offset", lambda: jnp.zeros((), dtype))
-        energy = scale.value[batch.numbers] * energy + shift.value[batch.numbers]
-        return jnp.where(batch.node_mask, energy, 0.0)
+        return jnp.where(batch.node_mask, scale.value[batch.numbers] * energy, 0.0)
 
 
 def _layer_table(table: RadialTable, t: int) -> RadialTable:
@@ -176,10 +176,11 @@ class _LayerFilters(So3kratesLayer):
         return super().__call__(x, chi, edges, edge_radial, sphc_pairs, pair_radial, nonlocal_fn)
 
 
-def total_energy(atomic_energies: Array, batch: Batch, energy_offset: Array) -> Array:
-    """E = Σ_i E_i + c per structure, shape (G,); zero for padding graphs."""
+def interaction_energy(atomic_energies: Array, batch: Batch) -> Array:
+    """Σ_i scale[z_i] · MLP(x_i) per structure, shape (G,); zero for padding graphs (the total energy
+    without the reference Σ_i shift[z_i] + c, which the host adds in float64)."""
     energy = segment_sum(atomic_energies, batch.node_graph, batch.graph_mask.shape[0])
-    return jnp.where(batch.graph_mask, energy + energy_offset, 0.0)
+    return jnp.where(batch.graph_mask, energy, 0.0)
 
 
 def tabulate_radial_filters(

@@ -23,15 +23,20 @@ from so3krates.model.config import ModelConfig
 SCHEDULES = ("exponential", "plateau", "constant")
 
 
+LOSS_UNITS = ("data", "eV")
+
+
 @dataclass
 class TrainConfig:
     """Training options (units: the user's, as named by ``energy_unit`` / ``length_unit``).
 
     Attributes:
         data: training file (any format the data layer reads); None: the bundled default dataset.
-        energy_unit, length_unit: units of the file; errors are reported in them and the loss is
-            computed in them (as the paper did for MD17 in kcal/mol, so β and the clipping norm keep
-            their meaning). The saved model predicts eV and Å.
+        energy_unit, length_unit: units of the file; errors are reported in them. The saved model
+            predicts eV and Å.
+        loss_units: "data": the loss is computed in the file's units; "eV": in eV and Å whatever the
+            file's units, as the authors' release trained MD17 (it converts kcal/mol on load). The units
+            set how hard the gradient-clipping norm binds and what β balances (docs/training.md).
         energy_key, forces_key, stress_key: names of the labels in the file (None: the reader's default).
         n_train, n_valid, n_test: frame counts (int) or fractions of the file (float ≤ 1; 1.0 is all
             frames); n_test None takes every remaining frame.
@@ -59,6 +64,7 @@ class TrainConfig:
     data: str | None = None
     energy_unit: str = "eV"
     length_unit: str = "Å"
+    loss_units: str = "data"
     energy_key: str | None = None
     forces_key: str | None = None
     stress_key: str | None = None
@@ -126,6 +132,8 @@ class TrainConfig:
                 raise ValueError(f"{name} = {value}: a fraction must be ≤ 1 (give a count as an integer)")
         if self.n_train == 0:
             raise ValueError("n_train must be at least 1 frame")
+        if self.loss_units not in LOSS_UNITS:
+            raise ValueError(f"loss_units must be one of {', '.join(LOSS_UNITS)}, got {self.loss_units!r}")
         from so3krates.data.units import energy_unit_name, length_unit_name
 
         # Canonical spellings ("kcal/mol", "Å"), so that reports and the saved config use one name.

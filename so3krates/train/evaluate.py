@@ -74,6 +74,7 @@ def evaluate_model(
     batch_size: int = 16,
     plot: bool = True,
     write: bool = True,
+    dtype: str | None = None,
 ) -> Evaluation:
     """Evaluate the model in ``model_dir`` on ``data`` (default: its training file).
 
@@ -87,13 +88,15 @@ def evaluate_model(
             in training.
         batch_size: structures per evaluation batch.
         plot: write the parity plot.  write: write any file at all.
+        dtype: run the model in "float32" or "float64"; None: as trained (float64 needs JAX's 64-bit
+            mode, :mod:`so3krates.precision`). Energies are float64 sums either way.
     Raises:
         ValueError: a split of a file the model was not trained on, unknown elements, unlabelled data.
     """
     from so3krates.run_dir import load_model
 
     model_dir = Path(model_dir)
-    potential, variables, metadata = load_model(model_dir)
+    potential, variables, metadata = load_model(model_dir, dtype)
     train_config = rd.read_config(model_dir)
     units = metadata.get("units", {})
     energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))

@@ -52,7 +52,8 @@ from so3krates.data import Frames, make_split
 from so3krates.data.stream import Prefetcher, StreamDataset
 from so3krates.data.units import energy_factor, length_factor
 from so3krates.graph import Batch, Graph, PadSizes, collate
-from so3krates.potential import Potential
+from so3krates.potential import Potential, residual_energy_graphs, traced_variables
+from so3krates.precision import enable_float64
 from so3krates.train import parallel as par
 from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from so3krates.train.config import TrainConfig
@@ -64,7 +65,7 @@ from so3krates.train.data import (
     file_sha256,
     load_frames,
 )
-from so3krates.train.loss import LossScales, structure_errors, structure_loss
+from so3krates.train.loss import UNIT_SCALES, LossScales, structure_errors, structure_loss
 from so3krates.train.metrics import batches, error_metrics, max_pad_sizes, predict_graphs
 from so3krates.train.normalisation import energy_constant, initial_normalization
 from so3krates.train.optim import LearningRateSchedule, apply_learning_rate, ema_update, make_optimizer
@@ -118,13 +119,18 @@ def make_steps(
     scales: LossScales,
     optimizer: optax.GradientTransformation,
     compute_stress: bool,
+    loss_scales: LossScales | None = None,
 ) -> tuple[Callable, Callable]:
-    """The jitted ``train_step(state, normalization, batch, lr)`` and ``eval_step(variables, batch)``."""
+    """The jitted ``train_step(state, normalization, batch, lr)`` and ``eval_step(variables, batch)``.
+
+    ``scales``: the file's units, in which the error sums of the statistics are reported; ``loss_scales``:
+    the units of the loss (``config.loss_units``; default ``scales``)."""
+    loss_scales = scales if loss_scales is None else loss_scales
     beta, stress_weight, ema_decay = config.beta, config.stress_weight, config.ema_decay
 
     def per_structure(params: Any, normalization: Any, batch: Batch) -> tuple[Array, dict[str, Array], Any]:
         pred = potential.predict({"params": params, "normalization": normalization}, batch, compute_stress)
-        errors = structure_errors(pred, batch, scales)
+        errors = structure_errors(pred, batch, loss_scales)
         return structure_loss(errors, beta, stress_weight), pred, errors
 
     def loss_fn(params: Any, normalization: Any, batch: Batch) -> tuple[Array, tuple[dict[str, Array], Array]]:
@@ -141,7 +147,7 @@ def make_steps(
         ema = ema_update(state.ema, params, ema_decay, state.step) if ema_decay > 0 else params
         # Sums over the batch, reduced per epoch on the host (one transfer per epoch, not per step).
         has_e = batch.graph_mask & batch.has_energy
-        e_diff = jnp.where(has_e, batch.energy - pred["energy"], 0.0)
+        e_diff = jnp.where(has_e, batch.energy - pred["interaction_energy"], 0.0)  # labels are residuals
         atom_ok = batch.node_mask & batch.has_forces[batch.node_graph]
         f_abs = jnp.where(atom_ok[:, None], jnp.abs(pred["forces"] - batch.forces), 0.0)
         stats = {
@@ -157,8 +163,10 @@ def make_steps(
         return TrainState(params, ema, opt_state, state.step + 1), stats
 
     def eval_step(variables: Any, batch: Batch) -> dict[str, Array]:
+        """Interaction energies as ``energy`` (to compare with residual labels), forces[, stress], loss."""
         per, pred, _ = per_structure(variables["params"], variables["normalization"], batch)
-        return {**pred, "loss": per}
+        out = {"energy": pred["interaction_energy"], "forces": pred["forces"], "loss": per}
+        return {**out, "stress": pred["stress"]} if "stress" in pred else out
 
     return jit(train_step), jit(eval_step)
 
@@ -264,8 +272,8 @@ def train(
     if not writes:
         log = _silent
         config = config.replace(progress=False)
-    if config.model.dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)  # float64 models need it; set before any array exists
+    if config.model.dtype == "float64":
+        enable_float64()  # the configuration asks for a float64 model; before any array exists
 
     # -- data and split --------------------------------------------------------------------------
     data_path = Path(config.data) if config.data else default_dataset_path()
@@ -338,6 +346,7 @@ def train(
     # The evaluation step also runs over the training set (energy constant), so it must fit both.
     valid_sizes = sizes if valid_batch == batch_size else _agree(max_pad_sizes(size_source, valid_batch, all_pairs))
     scales = LossScales.from_units(energy_factor(config.energy_unit), length_factor(config.length_unit))
+    loss_scales = UNIT_SCALES if config.loss_units == "eV" else scales  # what the loss is computed in
     compute_stress = config.stress_weight > 0 and frames.stress is not None
 
     # -- model, optimiser, state -----------------------------------------------------------------
@@ -409,11 +418,13 @@ def train(
     elif not fresh:
         metadata = {**rd.read_metadata(run_dir), **{k: v for k, v in metadata.items() if k != "num_parameters"}}
 
-    train_step, eval_step = make_steps(potential, config, scales, optimizer, compute_stress)
+    train_step, eval_step = make_steps(potential, config, scales, optimizer, compute_stress, loss_scales)
     state = TrainState(
         params=ckpt.params, ema=ckpt.ema, opt_state=ckpt.opt_state, step=jnp.asarray(ckpt.step, jnp.int32)
     )
-    norm_device = jax.tree_util.tree_map(jnp.asarray, normalization)
+    # The device sees the per-element scale only; the float64 shifts stay on the host (residual labels).
+    norm_device = traced_variables({"params": None, "normalization": normalization})["normalization"]
+    norm_device = jax.tree_util.tree_map(jnp.asarray, norm_device)
     parallel = n_proc > 1 or (len(jax.devices()) > 1 if devices is None else devices > 1)
     host: Callable[[Any], Any] = jax.device_get
     local_batch = math.ceil(batch_size / n_proc)  # this process's part of each global batch
@@ -425,7 +436,7 @@ def train(
         train_step = par.make_parallel_train_step(
             potential,
             optimizer,
-            par.eq35_structure_loss(config.beta, config.stress_weight, scales),
+            par.eq35_structure_loss(config.beta, config.stress_weight, loss_scales),
             mesh,
             compute_stress=compute_stress,
             ema_decay=config.ema_decay,
@@ -433,7 +444,7 @@ def train(
         )
         # Validation keeps the single-device eval_step: one device per process, the same on every process.
         state = par.replicate(state, mesh)
-        norm_sharded = par.replicate(normalization, mesh)
+        norm_sharded = par.replicate(norm_device, mesh)
         host = par.to_host
         log(
             f"data parallel over {mesh.devices.size} device(s) in {n_proc} process(es): "
@@ -443,7 +454,7 @@ def train(
 
     def make_batch(chunk: np.ndarray) -> tuple[int, Batch]:
         """A training batch from indices into this process's graphs (runs in the prefetch thread)."""
-        members = [train_graphs[int(k)] for k in chunk]
+        members = residual_energy_graphs([train_graphs[int(k)] for k in chunk], normalization)
         if parallel:
             return len(chunk), par.stack_batches(par.split_for_devices(members, n_local), device_sizes, all_pairs)
         return len(chunk), collate(members, sizes, all_pairs=all_pairs)
@@ -462,7 +473,7 @@ def train(
         f"training {metadata['num_parameters']:,} parameters on {len(split['train'])} structures "
         f"(validation {len(valid_graphs)}), batch {batch_size}, padded to {sizes.n_atoms} atoms / "
         f"{sizes.n_edges} edges; elements {' '.join(_symbols(elements))}; units {config.energy_unit}, "
-        f"{config.length_unit}"
+        f"{config.length_unit}" + ("; loss in eV, Å" if config.loss_units == "eV" else "")
     )
 
     epoch, best_loss, best_epoch, bad_epochs = ckpt.epoch, ckpt.best_loss, ckpt.best_epoch, ckpt.bad_epochs
@@ -547,7 +558,7 @@ def train(
             if validate:
                 ema_vars = {
                     "params": host(state.ema) if parallel else state.ema,
-                    "normalization": {**norm_device, "energy_offset": jnp.asarray(provisional_c, config.model.dtype)},
+                    "normalization": {**normalization, "energy_offset": np.asarray(provisional_c, np.float64)},
                 }
                 if valid_graphs:
                     valid = _validate(eval_step, ema_vars, valid_graphs, valid_sizes, valid_batch, all_pairs, scales)
@@ -617,9 +628,16 @@ def train(
         # A.14: c = mean(E_ref − E_pred) over the training set with the final weights (eq. 37).
         log("fitting the energy constant c (A.14) on the training set")
         pred = predict_graphs(
-            lambda b: eval_step(final_vars, b), train_graphs, valid_sizes, valid_batch, all_pairs=all_pairs
+            lambda b: eval_step(traced_variables(final_vars), b),
+            train_graphs,
+            valid_sizes,
+            valid_batch,
+            all_pairs=all_pairs,
+        )  # interaction energies: c is fitted to the residuals E − Σ_i shift[z_i], in float64
+        shift = np.asarray(final_norm["shift"], np.float64)
+        reference = np.asarray(frames.energy[local_train], np.float64) - np.array(
+            [shift[frames.numbers[int(k)]].sum() for k in local_train]
         )
-        reference = np.asarray(frames.energy[local_train])
         if n_proc == 1:
             c = energy_constant(reference, pred["energy"])
         else:  # the mean over every process's shard
@@ -627,7 +645,7 @@ def train(
 
             sums = multihost_utils.process_allgather(np.array([np.sum(reference - pred["energy"]), len(reference)]))
             c = float(np.sum(sums[:, 0]) / max(np.sum(sums[:, 1]), 1))
-        final_norm["energy_offset"] = np.asarray(c, config.model.dtype)
+        final_norm["energy_offset"] = np.asarray(c, np.float64)
     valid_metrics = {}
     if valid_graphs:
         valid_metrics = _validate(eval_step, final_vars, valid_graphs, valid_sizes, valid_batch, all_pairs, scales)
@@ -671,8 +689,14 @@ def _validate(
     all_pairs: bool,
     scales: LossScales,
 ) -> dict[str, Any]:
-    """Eq. 35 loss and error figures (user's units) of ``variables`` on ``graphs``."""
-    pred = predict_graphs(lambda b: eval_step(variables, b), graphs, sizes, batch_size, all_pairs=all_pairs)
+    """Eq. 35 loss and error figures (user's units) of ``variables`` on ``graphs``.
+
+    Energies are compared as residuals E − (Σ_i shift[z_i] + c) (float64 on the host) with the model's
+    interaction energies: the same errors as of the totals, without float32's rounding of the totals.
+    """
+    graphs = residual_energy_graphs(graphs, variables["normalization"])
+    traced = traced_variables(variables)
+    pred = predict_graphs(lambda b: eval_step(traced, b), graphs, sizes, batch_size, all_pairs=all_pairs)
     has_e = graphs[0].energy is not None
     has_f = graphs[0].forces is not None
     has_s = graphs[0].stress is not None and "stress" in pred

@@ -8,8 +8,13 @@ Per structure k with N_k atoms:
 and the batch loss is the mean of L_k over the real structures of the batch (padding graphs and
 padding atoms are masked out). A structure without an energy (forces) label contributes no energy
 (force) term. Errors are divided by ``scales`` first, so that the loss is computed in the user's units
-(the paper's MD17 models were trained in kcal/mol and kcal/mol/Å; β and the gradient-clipping norm
-are tuned for such numbers), while the model itself works in eV and Å.
+(β and the gradient-clipping norm act on the numbers in those units), while the model itself works in eV
+and Å. The paper's MD17 models were trained in eV: the authors' release converts MD17's kcal/mol to eV on
+load, so its clip at global norm 1 binds on gradients of eV-sized errors (docs/training.md).
+
+Energies: the model's ``interaction_energy`` is compared with energy labels from which the host has
+subtracted the reference energy Σ_i shift[z_i] + c in float64
+(:func:`so3krates.potential.residual_energy_graphs`); the difference is the error of the total energy.
 """
 
 from __future__ import annotations
@@ -56,13 +61,14 @@ def structure_errors(pred: dict[str, Array], batch: Batch, scales: LossScales = 
     """Squared energy, force and stress errors of every structure of a padded batch (in scaled units).
 
     Args:
-        pred: model output with ``energy`` (G,), ``forces`` (N, 3) and optionally ``stress`` (G, 3, 3).
-        batch: the padded batch with labels and ``has_*`` masks.
+        pred: model output with ``interaction_energy`` (G,), ``forces`` (N, 3) and optionally ``stress``.
+        batch: the padded batch with labels (energies as residuals, see the module docstring) and
+            ``has_*`` masks.
         scales: the user's units in eV/Å (see :class:`LossScales`).
     """
     num_graphs = batch.graph_mask.shape[0]
     graph = batch.graph_mask
-    e_err = (pred["energy"] - batch.energy) / scales.energy
+    e_err = (pred["interaction_energy"] - batch.energy) / scales.energy
     energy = jnp.where(graph & batch.has_energy, e_err**2, 0.0)
 
     atom_ok = batch.node_mask & batch.has_forces[batch.node_graph]

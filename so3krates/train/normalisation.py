@@ -1,7 +1,8 @@
 """Per-element energy shift and scale of the atomic energies, and the energy constant of A.14.
 
 The model's atomic energy is E_i = scale[z_i] · MLP(x_i) + shift[z_i] (see ``So3krates``), so the network
-only has to learn what is left after a per-element reference energy, in units of a typical force.
+only has to learn what is left after a per-element reference energy, in units of a typical force. The
+shifts and c are float64 and added on the host (``so3krates.potential.reference_energy``).
 
 * shift: least-squares fit of E_k ≈ Σ_z n_kz · s_z on the training set (n_kz: atoms of element z in
   structure k). The authors' release used the mean energy per atom; the per-element fit is better for
@@ -63,7 +64,8 @@ def initial_normalization(
     max_atomic_number: int,
     dtype: str = "float32",
 ) -> dict[str, np.ndarray]:
-    """The ``normalization`` collection for a training set: scale, shift (Z+1,) and energy_offset ().
+    """The ``normalization`` collection for a training set: scale (Z+1,) in ``dtype``, shift (Z+1,) and
+    energy_offset () in float64.
 
     Without energies the shift is zero; with forces only the energy is then fixed by :func:`energy_constant`.
     """
@@ -72,8 +74,8 @@ def initial_normalization(
     scale = np.full(n, force_rms(forces))
     return {
         "scale": scale.astype(dtype),
-        "shift": shift.astype(dtype),
-        "energy_offset": np.zeros((), dtype),
+        "shift": shift,  # float64 whatever the model's dtype: added on the host (potential.reference_energy)
+        "energy_offset": np.zeros((), np.float64),
     }
 
 

@@ -307,7 +307,7 @@ def make_parallel_train_step(
         params = optax.apply_updates(state.params, apply_learning_rate(updates, lr))
         ema = ema_update(state.ema, params, ema_decay, state.step) if ema_decay > 0 else params
         has_e = stacked.graph_mask & stacked.has_energy
-        e_diff = jnp.where(has_e, stacked.energy - pred["energy"], 0.0)
+        e_diff = jnp.where(has_e, stacked.energy - pred["interaction_energy"], 0.0)  # labels are residuals
         atom_ok = stacked.node_mask & jnp.take_along_axis(stacked.has_forces, stacked.node_graph, axis=1)
         f_abs = jnp.where(atom_ok[..., None], jnp.abs(pred["forces"] - stacked.forces), 0.0)
         stats = {
@@ -331,7 +331,8 @@ def make_parallel_train_step(
 def make_parallel_eval_step(
     potential: Potential, mesh: Mesh, compute_stress: bool = False
 ) -> Callable[[Any, Batch], dict[str, Array]]:
-    """Jitted, sharded predictions of a stacked batch: ``energy`` (D, G), ``forces`` (D, N, 3)[, ``stress``]."""
+    """Jitted, sharded predictions of a stacked batch: ``interaction_energy`` (D, G), ``forces`` (D, N, 3)
+    [, ``stress``], as :meth:`Potential.predict` (the host adds the reference energies)."""
 
     def eval_step(variables: Any, stacked: Batch) -> dict[str, Array]:
         return jax.vmap(lambda b: potential.predict(variables, b, compute_stress))(stacked)
