@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 
@@ -51,3 +53,15 @@ def evaluate(potential: Potential, variables, graphs: list[Graph], stress: bool 
     if stress:
         result["stress"] = np.asarray(out["stress"])[: len(graphs)]
     return result
+
+
+def central_difference_forces(energy: Callable[[np.ndarray], float], positions: np.ndarray, h: float = 1e-5):
+    """−dE/dR by central differences of ``energy(positions)`` (a float), shape of ``positions``."""
+    out = np.zeros_like(positions)
+    for a in range(len(positions)):
+        for k in range(3):
+            plus, minus = positions.copy(), positions.copy()
+            plus[a, k] += h
+            minus[a, k] -= h
+            out[a, k] = -(energy(plus) - energy(minus)) / (2 * h)
+    return out

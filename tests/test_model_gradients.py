@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from model_helpers import SMALL, evaluate, model, random_molecule
+from model_helpers import SMALL, central_difference_forces, evaluate, model, random_molecule
 
 from so3krates.graph import PadSizes, collate, make_graph, pad_sizes_for
 
@@ -12,16 +12,9 @@ def test_forces_match_central_finite_differences():
     potential, variables = model()
     pos, z = random_molecule(rng, 6)
     forces = evaluate(potential, variables, [make_graph(pos, z, SMALL.r_cut)])["forces"]
-    h = 1e-5
-    fd = np.zeros_like(pos)
-    for a in range(len(pos)):
-        for k in range(3):
-            plus, minus = pos.copy(), pos.copy()
-            plus[a, k] += h
-            minus[a, k] -= h
-            e_plus = evaluate(potential, variables, [make_graph(plus, z, SMALL.r_cut)])["energy"][0]
-            e_minus = evaluate(potential, variables, [make_graph(minus, z, SMALL.r_cut)])["energy"][0]
-            fd[a, k] = -(e_plus - e_minus) / (2 * h)
+    fd = central_difference_forces(
+        lambda p: evaluate(potential, variables, [make_graph(p, z, SMALL.r_cut)])["energy"][0], pos
+    )
     assert np.abs(forces).max() > 1e-3
     np.testing.assert_allclose(forces, fd, atol=1e-7, rtol=1e-6)
 

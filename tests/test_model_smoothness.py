@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from model_helpers import central_difference_forces
 
 from so3krates.graph import collate, make_graph
 from so3krates.model.config import ModelConfig
@@ -64,18 +65,6 @@ def energy_forces_stress(model, atoms, positions=None, cell=None):
     return float(out["energy"][0]), np.asarray(out["forces"][: len(atoms)]), stress
 
 
-def central_differences(model, atoms, positions, h=1e-5):
-    """−dE/dR by central differences of the energy, (N, 3)."""
-    out = np.zeros_like(positions)
-    for a in range(len(positions)):
-        for k in range(3):
-            plus, minus = positions.copy(), positions.copy()
-            plus[a, k] += h
-            minus[a, k] -= h
-            out[a, k] = -(energy_forces_stress(model, atoms, plus)[0] - energy_forces_stress(model, atoms, minus)[0])
-    return out / (2 * h)
-
-
 def symmetric_atom(atoms) -> int:
     """The atom on the highest-symmetry site: the centre of a molecule, atom 0 of a crystal."""
     if atoms.pbc.any():
@@ -92,7 +81,12 @@ def test_forces_equal_finite_differences_at_and_near_symmetric_structures(model,
     _, forces, _ = energy_forces_stress(model, atoms, positions)
     if distortion > 1e-3 and len(atoms) > 1:  # (one atom in a cell: every displacement is a translation)
         assert np.abs(forces).max() > 1e-3  # the model is not trivially flat
-    np.testing.assert_allclose(forces, central_differences(model, atoms, positions), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        forces,
+        central_difference_forces(lambda p: energy_forces_stress(model, atoms, p)[0], positions),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize("name", ["CH4", "SF6", "fcc-cubic", "bcc-cubic"])
