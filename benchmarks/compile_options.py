@@ -22,15 +22,15 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import RESULTS, make_train_step, predict_fn, toluene_batch, water_cluster  # noqa: E402
 
+from so3krates import runtime  # noqa: E402
 from so3krates.compile import compiler_options  # noqa: E402
 from so3krates.graph import collate, make_graph  # noqa: E402
-from so3krates.hugepages import restart_with_huge_pages  # noqa: E402
 from so3krates.model.config import ModelConfig  # noqa: E402
 from so3krates.potential import Potential  # noqa: E402
 
 
 def main() -> None:
-    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
+    runtime.configure(restart_argv=sys.argv)  # as the so3krates command runs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[], help="water droplets of about these many atoms")
     parser.add_argument("--repeats", type=int, default=31, help="calls per program (droplets: a third)")

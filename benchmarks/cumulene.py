@@ -326,7 +326,7 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
     import jax
 
     from so3krates import run_dir as rd
-    from so3krates.run_dir import load_model
+    from so3krates.run_dir import load_run
 
     results: dict[str, Any] = {"chains": {}, "reference": {}, "skipped": []}
     profiles: dict[int, dict[str, np.ndarray]] = {}
@@ -348,7 +348,7 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
                 print(f"C{n} {variant}: no trained model in {p[variant]}, skipped", flush=True)
                 results["skipped"].append(f"C{n} {variant}")
                 continue
-            potential, variables, meta = load_model(p[variant])
+            potential, variables, meta = load_run(p[variant])
             pred = predict_energies(potential, variables, frames)
             prof[variant] = pred
             entry[variant] = {
@@ -371,7 +371,7 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
         with_models = {n: d for n, d in profiles.items() if any(v in d for v in VARIANTS)}
         plot_profiles(with_models, FIGURES / "cumulene_efa_profiles.png", ("xtb", *VARIANTS))
     if figures_chain in profiles and "nonlocal" in profiles[figures_chain]:
-        potential, variables, _ = load_model(paths(work, figures_chain)["nonlocal"])
+        potential, variables, _ = load_run(paths(work, figures_chain)["nonlocal"])
         frames, angles, _ = read_scan(paths(work, figures_chain)["scan"])
         initial = potential.init(jax.random.PRNGKey(0), batch_of(frames[:1], potential.config))
         initial["normalization"] = variables["normalization"]
@@ -673,4 +673,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from so3krates import runtime
+
+    runtime.configure()  # the so3krates command's process tuning (buffer reuse), before any array
     main()

@@ -23,14 +23,14 @@ import jax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import RESULTS, median_ms, toluene_graphs  # noqa: E402
 
+from so3krates import runtime  # noqa: E402
 from so3krates.graph import collate, pad_sizes_for  # noqa: E402
-from so3krates.hugepages import restart_with_huge_pages  # noqa: E402
 from so3krates.model.config import ModelConfig  # noqa: E402
 from so3krates.potential import Potential  # noqa: E402
 
 
 def main() -> None:
-    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
+    runtime.configure(restart_argv=sys.argv)  # as the so3krates command runs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--edges", type=int, nargs=3, default=[832, 1600, 32], metavar=("FIRST", "STOP", "STEP"))
     parser.add_argument("--exact", action="store_true", help="exact radial-filter MLPs instead of the table")

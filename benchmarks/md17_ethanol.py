@@ -128,4 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from so3krates import runtime
+
+    runtime.configure()  # the so3krates command's process tuning (buffer reuse), before any array
     sys.exit(main())

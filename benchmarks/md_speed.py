@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from so3krates.hugepages import restart_with_huge_pages
+from so3krates import runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "md_speed.json"
@@ -110,7 +110,7 @@ def run_case(
     import jax
 
     from so3krates.calculator import So3kratesCalculator
-    from so3krates.md import JaxMD, Model, ase_dynamics, initial_velocities
+    from so3krates.md import ForceField, JaxMD, ase_dynamics, initial_velocities
     from so3krates.md.testing import random_model
     from so3krates.model.config import ModelConfig
 
@@ -119,7 +119,7 @@ def run_case(
     # Random weights give atomic energies of a few eV; keep the scale physical-ish so that 0.5 fs steps
     # do not blow the box apart within the few timed steps (speed does not depend on it).
     variables["normalization"]["scale"] = variables["normalization"]["scale"] * 0.05
-    model = Model(potential, variables, None)
+    model = ForceField(potential, variables, None)
     atoms = structure(system)
     initial_velocities(atoms, 300.0, seed=seed)
     n_atoms = len(atoms)
@@ -268,7 +268,7 @@ def write_markdown(payload: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
+    runtime.configure(restart_argv=sys.argv)  # as the so3krates command runs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--engines", nargs="+", choices=("jax", "ase"), default=["jax", "ase"])

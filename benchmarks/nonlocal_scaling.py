@@ -244,4 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from so3krates import runtime
+
+    runtime.configure()  # the so3krates command's process tuning (buffer reuse), before any array
     main()

@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import make_train_step, predict_fn, toluene_batch, water_cluster  # noqa: E402
 
+from so3krates import runtime  # noqa: E402
 from so3krates.compile import jit  # noqa: E402
 from so3krates.graph import collate, make_graph  # noqa: E402
-from so3krates.hugepages import restart_with_huge_pages  # noqa: E402
 from so3krates.model.config import ModelConfig  # noqa: E402
 from so3krates.potential import Potential  # noqa: E402
 
@@ -61,7 +61,7 @@ def kernel_times(trace_dir: str, calls: int, origins: dict[str, str]) -> dict[st
 
 
 def main() -> None:
-    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
+    runtime.configure(restart_argv=sys.argv)  # as the so3krates command runs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--water", type=int, default=None, help="a water droplet of about this many atoms")
     parser.add_argument("--tabulated", action="store_true", help="energy + forces with the radial-filter table")

@@ -133,4 +133,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from so3krates import runtime
+
+    runtime.configure()  # the so3krates command's process tuning (buffer reuse), before any array
     main()

@@ -30,9 +30,9 @@ import numpy as np
 import optax
 from ase.build import molecule
 
+from so3krates import runtime
 from so3krates.compile import jit
 from so3krates.graph import collate, make_graph
-from so3krates.hugepages import restart_with_huge_pages
 from so3krates.model.config import ModelConfig
 from so3krates.potential import Potential
 
@@ -293,7 +293,7 @@ REFERENCE = {
 
 
 def main() -> None:
-    restart_with_huge_pages(sys.argv)  # as the so3krates command runs (so3krates.hugepages)
+    runtime.configure(restart_argv=sys.argv)  # as the so3krates command runs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[51, 201, 801, 2001, 10002])
     parser.add_argument("--repeats", type=int, default=30)
@@ -324,8 +324,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "jax": jax.__version__,
             "device": str(jax.devices()[0]),
-            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages: so3krates.hugepages
-            # so3krates.cpu_memory: False where XLA's buffers are reused between calls
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # huge pages: so3krates.runtime.hugepages
+            # so3krates.runtime.cpu_memory: False where XLA's buffers are reused between calls
             "cpu_async_dispatch": jax.config.values["jax_cpu_enable_async_dispatch"],
         },
     }

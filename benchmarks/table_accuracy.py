@@ -14,7 +14,7 @@ from ase.io import read
 
 import so3krates.datasets
 from so3krates.graph import collate, make_graph
-from so3krates.run_dir import load_model
+from so3krates.run_dir import load_run
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, nargs="+", default=[1024], help="grid sizes to tabulate on")
     args = parser.parse_args()
 
-    potential, variables, _ = load_model(args.model)
+    potential, variables, _ = load_run(args.model)
     config = potential.config
     frames = read(args.data or so3krates.datasets.path("ethanol"), index=f":{args.frames}")
     graphs = [make_graph(a.positions, a.numbers, config.r_cut) for a in frames]
@@ -44,4 +44,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from so3krates import runtime
+
+    runtime.configure()  # the so3krates command's process tuning (buffer reuse), before any array
     main()

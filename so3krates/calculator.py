@@ -4,7 +4,7 @@ The model works in eV and Å whatever units the training data came in, so the re
 conversion. Between calls the calculator keeps
 
 * a Verlet neighbour list built with ``r_cut + skin`` and reused until an atom moved more than
-  ``skin / 2`` (see :mod:`so3krates.md.neighbours` for why the extra pairs are exactly harmless), and
+  ``skin / 2`` (see :mod:`so3krates.inference.neighbours` for why the extra pairs are exactly harmless), and
 * fixed padded sizes (atoms, and edges bucketed with headroom), so an MD run or a relaxation compiles
   the model once; the edge capacity only grows, and only when a rebuild no longer fits.
 
@@ -30,16 +30,9 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates.graph import Batch, check_structure
-from so3krates.md.model import (
-    Model,
-    load_model,
-    padded_atoms,
-    predict_kwargs,
-    radial_table,
-    template_batch,
-    with_neighbours,
-)
-from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
+from so3krates.inference.batches import padded_atoms, predict_kwargs, radial_table, template_batch, with_neighbours
+from so3krates.inference.force_field import ForceField, load_force_field
+from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.potential import Potential, Variables
 from so3krates.precision import enable_float64
 
@@ -55,7 +48,7 @@ class So3kratesCalculator(Calculator):
         skin: neighbour-list skin in Å (list radius r_cut + skin, rebuilt after a move of skin / 2).
         headroom: edge capacity = bucket(headroom · pairs); larger means fewer recompilations when the
             density fluctuates, smaller means less padding work.
-        model: an already loaded :class:`~so3krates.md.model.Model` instead of ``model_dir``.
+        model: an already loaded :class:`~so3krates.inference.ForceField` instead of ``model_dir``.
         tabulate: evaluate the radial filters from an interpolation table (the same forces to float32
             rounding, ~1e-6 relative, or ~1e-7 in float64; faster); False runs the exact MLPs.
         dtype: "float32" or "float64" to run the model in; None: the dtype it was trained in. "float64"
@@ -66,7 +59,7 @@ class So3kratesCalculator(Calculator):
             is refused (ASE would keep it as an ignored parameter).
 
     Attributes:
-        neighbour_list: the current :class:`~so3krates.md.neighbours.SkinNeighbourList` (``builds``
+        neighbour_list: the current :class:`~so3krates.inference.neighbours.SkinNeighbourList` (``builds``
             counts neighbour-list builds).
     """
 
@@ -77,7 +70,7 @@ class So3kratesCalculator(Calculator):
         model_dir: str | Path | None = None,
         skin: float = 0.5,
         headroom: float = 1.25,
-        model: Model | None = None,
+        model: ForceField | None = None,
         tabulate: bool = True,
         dtype: str | None = None,
         **kwargs: Any,
@@ -94,7 +87,7 @@ class So3kratesCalculator(Calculator):
         if dtype == "float64":
             enable_float64()  # asked for explicitly
         if model is None:
-            model = load_model(model_dir, dtype)
+            model = load_force_field(model_dir, dtype)
         elif dtype is not None and dtype != model.potential.config.dtype:
             model = model.with_dtype(dtype)
         self.model = model
@@ -122,7 +115,7 @@ class So3kratesCalculator(Calculator):
     ) -> So3kratesCalculator:
         """A calculator for an in-memory model; ``elements``: atomic numbers it may be used for (None: any)."""
         elements = None if elements is None else tuple(sorted({int(z) for z in elements}))
-        return cls(model=Model(potential, variables, elements), skin=skin, **kwargs)
+        return cls(model=ForceField(potential, variables, elements), skin=skin, **kwargs)
 
     @property
     def potential(self) -> Potential:

@@ -3,14 +3,13 @@
 Every jitted entry point of the package (the potential, the training and evaluation steps, the MD
 chunks) is made with :func:`jit`, so that one setting here reaches all of them.
 
-On the CPU, jaxlib 0.10 (the version this project is developed with) hands every matrix product to
-YNNPACK by default (XLA's "individual dot" library fusions). This model's products are many and small
-(416 × 128 × 132 for the radial filters of the Table 3 toluene batch), and for them XLA's own dot
-emitter is faster. The same programs compiled both ways and called in alternation
-(``benchmarks/compile_options.py``, docs/speed.md item 8): toluene × 4 energy + forces 27.5 → 23.1 ms,
-with the radial-filter table 15.5 → 13.0 ms, training step 59.4 → 56.8 ms; the water droplets of 51 to
-2,001 atoms unchanged within this machine's noise. The option is only passed where the backend is the
-CPU and this jaxlib accepts it; elsewhere :func:`jit` is plain ``jax.jit``.
+On the CPU, jaxlib 0.10 hands every matrix product to YNNPACK by default (XLA's "individual dot"
+library fusions). This model's products are many and small, and for them XLA's own dot emitter is
+faster (``benchmarks/compile_options.py``, docs/speed.md item 8), so :func:`jit` switches those fusions
+off. The option is per program, not per process, and only passed where the backend is the CPU and
+this jaxlib accepts it; elsewhere :func:`jit` is plain ``jax.jit``. Each call also runs
+:func:`so3krates.runtime.cpu_memory.guard` (a no-op unless :func:`so3krates.runtime.configure` turned
+buffer reuse on).
 """
 
 from __future__ import annotations
@@ -21,12 +20,7 @@ from typing import Any
 
 import jax
 
-from so3krates import cpu_memory
-
-# Before JAX starts its CPU backend (the first array or computation), as every program of the package
-# is made here: XLA's per-call buffers reused instead of mapped afresh for every call (so3krates.cpu_memory;
-# SO3KRATES_REUSE_CPU_BUFFERS=0 turns it off).
-cpu_memory.reuse_cpu_buffers()
+from so3krates.runtime import cpu_memory
 
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

@@ -1,53 +1,5 @@
-"""Transparent huge pages for XLA's CPU buffers, by restarting the process with glibc's malloc tunable.
+"""Deprecated: moved to :mod:`so3krates.runtime.hugepages` (tuning is opt-in: :func:`so3krates.runtime.configure`)."""
 
-XLA's CPU runtime allocates its buffers with ``malloc``. With 4 KiB pages, the per-edge arrays of a
-force-field call (hundreds of KiB to GiB) miss the TLB often; with 2 MiB transparent huge pages they do
-not. glibc ≥ 2.35 asks the kernel for huge pages for its large allocations when started with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (``madvise``, so it works with the common THP setting
-``[madvise]``). On this project's machine that took the Table 3 training step from 52–54 to 43–45 ms
-and the 201-atom droplet (exact filters) from 183–213 to 97–101 ms (docs/speed.md item 9). Most of
-that was fewer page faults on the block XLA maps afresh for every call, which :mod:`so3krates.cpu_memory`
-now avoids altogether by reusing it; what huge pages still add on top is address translation: a few
-per cent for the large droplets, up to ~8 % for the training step (docs/speed.md item 10).
+from so3krates.deprecation import moved
 
-A tunable is read once, when the process starts, so it cannot be switched on from Python: the
-``so3krates`` command and the benchmarks restart themselves once with it
-(:func:`restart_with_huge_pages`). Scripts using the Python API can call that function first thing,
-or export the variable themselves. ``SO3KRATES_HUGE_PAGES=0`` turns the restart off. Elsewhere (not
-Linux, or the tunable already set) nothing happens; an older glibc ignores the tunable.
-"""
-
-from __future__ import annotations
-
-import os
-import sys
-from collections.abc import Mapping, Sequence
-
-TUNABLE = "glibc.malloc.hugetlb=1"
-OPT_OUT = "SO3KRATES_HUGE_PAGES"
-# Set in the restarted process: never restart twice, even if a C library rewrote GLIBC_TUNABLES.
-RESTARTED = "SO3KRATES_HUGE_PAGES_RESTARTED"
-
-
-def restart_environment(environ: Mapping[str, str], platform: str = sys.platform) -> dict[str, str] | None:
-    """The environment to restart with, or None when no restart is needed or wanted."""
-    if not platform.startswith("linux") or environ.get(OPT_OUT, "1") == "0" or environ.get(RESTARTED):
-        return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:  # set already (by us or by the user): keep the user's choice
-        return None
-    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE, RESTARTED: "1"}
-
-
-def restart_with_huge_pages(arguments: Sequence[str]) -> None:
-    """Replace this process by ``python *arguments`` with :data:`TUNABLE` set, unless not needed.
-
-    Call it before any work (nothing of this process survives): ``arguments`` are what follows the
-    interpreter, e.g. ``["-m", "so3krates.cli.main", *sys.argv[1:]]`` or ``[script, *sys.argv[1:]]``.
-    """
-    environment = restart_environment(os.environ)
-    if environment is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *arguments], environment)
+__getattr__ = moved("so3krates.hugepages", {"*": "so3krates.runtime.hugepages"})

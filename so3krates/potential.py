@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates import cpu_memory
 from so3krates.compile import jit
 from so3krates.graph import Batch, Graph
 from so3krates.model.config import ModelConfig
 from so3krates.model.layers import RadialTable
 from so3krates.model.so3krates import So3krates, interaction_energy, tabulate_radial_filters
+from so3krates.runtime import cpu_memory
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -104,6 +104,8 @@ class Potential:
     Attributes:
         config: the model hyperparameters.
         module: the Flax module.
+        compiled: programs that users of this potential compile around it (the MD engine's chunks),
+            keyed by their settings, so that they live as long as the potential.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -112,6 +114,7 @@ class Potential:
         self.dtype = jnp.dtype(config.dtype)
         self._energy_forces = jit(self.predict, static_argnames=("compute_stress",))
         self._energy = jit(self.energy_unjitted)
+        self.compiled: dict[tuple, Any] = {}
 
     # -- initialisation -------------------------------------------------------------------------
     def init(self, key: Array, batch: Batch) -> Variables:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from so3krates.deprecation import moved
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -276,8 +278,8 @@ def _check_weights(loaded: dict[str, Any], expected: dict[str, Any], path: Path)
     return unflatten(out)
 
 
-def load_model(directory: str | Path, dtype: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Load a model directory: ``(Potential, variables, metadata)``.
+def load_run(directory: str | Path, dtype: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load a run directory's model: ``(Potential, variables, metadata)``.
 
     Args:
         directory: a run directory written by ``so3krates train``.
@@ -326,3 +328,6 @@ def load_model(directory: str | Path, dtype: str | None = None) -> tuple[Any, di
         }},
     }  # fmt: skip
     return potential, variables, metadata
+
+
+__getattr__ = moved("so3krates.run_dir", {"load_model": "so3krates.run_dir:load_run"})

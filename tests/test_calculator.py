@@ -18,16 +18,16 @@ from ase.units import fs
 from scipy.spatial.transform import Rotation
 
 from so3krates.calculator import So3kratesCalculator
-from so3krates.md import JaxMD, Model, initial_velocities
+from so3krates.md import ForceField, JaxMD, initial_velocities
 from so3krates.md.testing import emt_loaded_model, emt_model, emt_run_dir, emt_structure
 
 
 @pytest.fixture(scope="module")
-def trained() -> Model:
+def trained() -> ForceField:
     return emt_loaded_model()
 
 
-def calculator(trained: Model, **kwargs) -> So3kratesCalculator:
+def calculator(trained: ForceField, **kwargs) -> So3kratesCalculator:
     return So3kratesCalculator(model=trained, **kwargs)
 
 
@@ -210,11 +210,11 @@ def four_ethanols() -> Atoms:
     return atoms
 
 
-def with_huge_reference(model: Model, total: float, n_atoms: int) -> Model:
+def with_huge_reference(model: ForceField, total: float, n_atoms: int) -> ForceField:
     """``model`` with per-element shifts that put a structure of ``n_atoms`` at ``total`` eV (DFT scale)."""
     normalization = dict(model.variables["normalization"])
     normalization["shift"] = np.full_like(np.asarray(normalization["shift"], np.float64), total / n_atoms)
-    return Model(model.potential, {**model.variables, "normalization": normalization}, model.elements)
+    return ForceField(model.potential, {**model.variables, "normalization": normalization}, model.elements)
 
 
 def test_float32_energy_resolves_a_tiny_displacement_of_a_huge_total(trained):

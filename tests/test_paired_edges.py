@@ -12,7 +12,7 @@ from model_helpers import SMALL, model, random_molecule
 from test_model_periodic import CELL, crystal
 
 from so3krates.graph import PadSizes, collate, edges_are_paired, make_graph, neighbour_list, pair_edges
-from so3krates.md.neighbours import SkinNeighbourList
+from so3krates.inference.neighbours import SkinNeighbourList
 from so3krates.model.config import ModelConfig
 from so3krates.train.parallel import stack_batches
 

@@ -9,12 +9,12 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 
 from so3krates.calculator import So3kratesCalculator
-from so3krates.md import Model
+from so3krates.md import ForceField
 from so3krates.md.testing import emt_loaded_model, emt_structure
 
 
 @pytest.fixture(scope="module")
-def model() -> Model:
+def model() -> ForceField:
     return emt_loaded_model()
 
 

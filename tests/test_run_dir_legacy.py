@@ -7,7 +7,7 @@ import numpy as np
 from model_helpers import SMALL, evaluate, model, random_molecule
 
 from so3krates.graph import make_graph
-from so3krates.run_dir import flatten, load_model, save_model, unflatten
+from so3krates.run_dir import flatten, load_run, save_model, unflatten
 
 
 def test_model_without_attention_biases_loads_with_zero_biases(tmp_path):
@@ -20,7 +20,7 @@ def test_model_without_attention_biases_loads_with_zero_biases(tmp_path):
     legacy = unflatten({k: v for k, v in flat.items() if k not in dropped})
     save_model(tmp_path, {"model": SMALL.to_dict()}, legacy, {"elements": [1, 6, 7, 8]})
 
-    loaded_potential, loaded, _ = load_model(tmp_path)
+    loaded_potential, loaded, _ = load_run(tmp_path)
     for name in dropped:
         assert not np.any(flatten(loaded)[name])
     graph = make_graph(*random_molecule(np.random.default_rng(3), 6), SMALL.r_cut)

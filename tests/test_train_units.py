@@ -286,7 +286,7 @@ def test_save_and_load_model(saved_model: tuple) -> None:
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [rd.CONFIG_FILE, rd.WEIGHTS_FILE, rd.METADATA_FILE, rd.SPLIT_FILE]
     )
-    loaded, loaded_vars, metadata = rd.load_model(directory)
+    loaded, loaded_vars, metadata = rd.load_run(directory)
     assert loaded.config == potential.config
     assert metadata["format_version"] == rd.FORMAT_VERSION and metadata["elements"] == [1, 8]
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(loaded_vars), strict=True):
@@ -308,7 +308,7 @@ def test_load_model_names_a_missing_file(saved_model: tuple, tmp_path: Path, nam
     directory = _copy(saved_model[0], tmp_path)
     (directory / name).unlink()
     with pytest.raises(FileNotFoundError, match=name.replace(".", r"\.")):
-        rd.load_model(directory)
+        rd.load_run(directory)
 
 
 @pytest.mark.parametrize(
@@ -324,7 +324,7 @@ def test_load_model_names_a_corrupted_file(saved_model: tuple, tmp_path: Path, n
     directory = _copy(saved_model[0], tmp_path)
     (directory / name).write_bytes(damage((directory / name).read_bytes()))
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
-        rd.load_model(directory)
+        rd.load_run(directory)
 
 
 def test_load_model_format_versions(saved_model: tuple, tmp_path: Path) -> None:
@@ -334,15 +334,15 @@ def test_load_model_format_versions(saved_model: tuple, tmp_path: Path) -> None:
     meta["format_version"] = rd.FORMAT_VERSION + 1
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="newer than this so3krates"):
-        rd.load_model(directory)
+        rd.load_run(directory)
     meta["format_version"] = 0
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format version 0 is not supported"):
-        rd.load_model(directory)
+        rd.load_run(directory)
     del meta["format_version"]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format_version"):
-        rd.load_model(directory)
+        rd.load_run(directory)
 
 
 def test_load_model_rejects_weights_of_another_config(saved_model: tuple, tmp_path: Path) -> None:
@@ -351,9 +351,9 @@ def test_load_model_rejects_weights_of_another_config(saved_model: tuple, tmp_pa
     config["model"]["features"] = 32
     rd.atomic_write_text(directory / rd.CONFIG_FILE, __import__("yaml").safe_dump(config))
     with pytest.raises(ValueError, match="does not match config.yaml|config.yaml implies"):
-        rd.load_model(directory)
+        rd.load_run(directory)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        rd.load_model(tmp_path / "nowhere")
+        rd.load_run(tmp_path / "nowhere")
 
 
 def test_loss_units_ev_computes_the_loss_in_ev(tmp_path) -> None:

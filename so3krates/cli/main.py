@@ -6,8 +6,7 @@ import argparse
 import importlib
 import sys
 
-from so3krates import __version__
-from so3krates.hugepages import restart_with_huge_pages
+from so3krates import __version__, runtime
 
 # subcommand name -> module in so3krates.cli that defines ``add_arguments(parser)`` and ``run(args)``.
 SUBCOMMANDS = {
@@ -55,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> int:
-    """The installed ``so3krates`` command: restart once with transparent huge pages for XLA's buffers
-    (:mod:`so3krates.hugepages`; ``SO3KRATES_HUGE_PAGES=0`` turns it off), then :func:`main`."""
-    restart_with_huge_pages(["-m", "so3krates.cli.main", *sys.argv[1:]])
+    """The installed ``so3krates`` command: the package's process tuning (:func:`so3krates.runtime.configure`:
+    a restart with huge pages, XLA's CPU buffers kept for reuse), then :func:`main`."""
+    runtime.configure(restart_argv=["-m", "so3krates.cli.main", *sys.argv[1:]])
     return main()
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import ase.io
 from tqdm import tqdm
 
+from so3krates.inference import load_force_field
 from so3krates.md import engine as md_engine
-from so3krates.md import model as md_model
 from so3krates.md.output import EnergyLog, TrajectoryWriter
 from so3krates.precision import add_dtype_argument, dtype_for_run
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     atoms = ase.io.read(args.structure, index=args.index)
     if isinstance(atoms, list):
         raise ValueError(f"--index {args.index} selects several frames; give one")
-    model = md_model.load_model(args.model, dtype_for_run(args.model, args.dtype))
+    model = load_force_field(args.model, dtype_for_run(args.model, args.dtype))
     if not args.keep_velocities:
         md_engine.initial_velocities(atoms, args.temperature, seed=args.seed)
     settings = {

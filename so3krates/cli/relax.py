@@ -19,7 +19,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
-from so3krates.md import model as md_model
+from so3krates.inference import load_force_field
 from so3krates.precision import add_dtype_argument, dtype_for_run
 
 OPTIMIZERS = ("BFGS", "FIRE", "LBFGS")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--index {args.index} selects several frames; give one")
     if args.cell and not atoms.pbc.any():
         raise ValueError("--cell needs a periodic structure (pbc is False in every direction)")
-    atoms.calc = So3kratesCalculator(model=md_model.load_model(args.model, dtype_for_run(args.model, args.dtype)))
+    atoms.calc = So3kratesCalculator(model=load_force_field(args.model, dtype_for_run(args.model, args.dtype)))
     target = FrechetCellFilter(atoms, scalar_pressure=args.pressure * units.GPa) if args.cell else atoms
     optimizer = getattr(optimize, args.optimizer)(target, logfile=args.log)
     trajectory = TrajectoryWriter(args.trajectory) if args.trajectory else None

@@ -29,9 +29,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from so3krates.compile import jit
 from so3krates.graph import check_structure
+from so3krates.inference.batches import energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
+from so3krates.inference.force_field import ForceField
+from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
-from so3krates.md.model import Model, energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
-from so3krates.md.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.potential import reference_energy
 
 ENSEMBLES = ("nve", "langevin", "nvt")
@@ -54,7 +55,7 @@ class JaxMD:
     """Molecular dynamics of one structure with a So3krates model, integrated entirely in JAX.
 
     Args:
-        model: the potential, its variables and known elements (:func:`so3krates.md.model.load_model`).
+        model: the potential, its variables and known elements (:func:`so3krates.inference.load_force_field`).
         atoms: initial structure; its momenta (``atoms.get_momenta()``) are the initial momenta, so
             set them first (e.g. :func:`initial_velocities`). The cell is fixed during the run.
         ensemble: "nve" (velocity Verlet), "langevin" (BAOAB) or "nvt" (Bussi velocity rescaling).
@@ -70,13 +71,13 @@ class JaxMD:
 
     Attributes:
         state: the current :class:`~so3krates.md.integrators.MDState` (on the device).
-        neighbours: the current :class:`~so3krates.md.neighbours.Neighbours` (on the device).
+        neighbours: the current :class:`~so3krates.inference.neighbours.Neighbours` (on the device).
         stats: :class:`EngineStats`.
     """
 
     def __init__(
         self,
-        model: Model,
+        model: ForceField,
         atoms: Atoms,
         ensemble: str = "nve",
         timestep_fs: float = 0.5,
@@ -161,12 +162,11 @@ class JaxMD:
             key=jax.random.PRNGKey(seed),
             step=jnp.zeros((), jnp.int32),
         )
-        # One compiled chunk per potential and integrator settings, kept on the potential (so it lives
-        # as long as the model): a second run with the same settings — another structure of the same
-        # size, new weights of the same shapes — reuses the compiled program instead of recompiling.
+        # One compiled chunk per potential and integrator settings, kept on the potential: a second run
+        # with the same settings and size (another structure, new weights of the same shapes) reuses it.
         key = (self.n_atoms, ensemble, float(dt), float(temperature_K), float(friction_per_ps), float(taut_fs))
         key += (float(skin), str(self.dtype))
-        cache = model.potential.__dict__.setdefault("_md_chunks", {})
+        cache = model.potential.compiled
         if key not in cache:
             cache[key] = jit(self._make_chunk(0.5 * float(skin)))
         self._chunk = cache[key]

@@ -19,7 +19,7 @@ from ase import Atoms, units
 from ase.build import molecule
 
 from so3krates.graph import collate, graph_from_atoms, pad_sizes_for
-from so3krates.md.model import Model
+from so3krates.inference import ForceField
 from so3krates.model.config import ModelConfig
 from so3krates.potential import Potential, Variables, residual_energy_graphs
 
@@ -154,9 +154,9 @@ def emt_run_dir() -> Path:
     return save_model(directory / "run", config, jax.device_get(variables), metadata)
 
 
-def emt_loaded_model() -> Model:
+def emt_loaded_model() -> ForceField:
     """:func:`emt_model` as loaded back from :func:`emt_run_dir`: one Potential per process, so every test
     shares its compiled functions, and loading a run directory is exercised on the way."""
-    from so3krates.md.model import load_model
+    from so3krates.inference import load_force_field
 
-    return load_model(emt_run_dir())
+    return load_force_field(emt_run_dir())

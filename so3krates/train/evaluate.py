@@ -93,10 +93,10 @@ def evaluate_model(
     Raises:
         ValueError: a split of a file the model was not trained on, unknown elements, unlabelled data.
     """
-    from so3krates.run_dir import load_model
+    from so3krates.run_dir import load_run
 
     model_dir = Path(model_dir)
-    potential, variables, metadata = load_model(model_dir, dtype)
+    potential, variables, metadata = load_run(model_dir, dtype)
     train_config = rd.read_config(model_dir)
     units = metadata.get("units", {})
     energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))

@@ -1,4 +1,4 @@
-"""so3krates.hugepages: the restart with glibc's huge-page tunable, and the so3krates command's use of it."""
+"""so3krates.runtime.hugepages: the restart with glibc's huge-page tunable, and the so3krates command's use of it."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from so3krates.hugepages import OPT_OUT, RESTARTED, TUNABLE, restart_environment
+from so3krates.runtime.hugepages import OPT_OUT, RESTARTED, TUNABLE, restart_environment
 
 
 def test_restart_environment_adds_the_tunable_once():
@@ -33,9 +33,9 @@ def test_a_script_restarts_itself_with_the_tunable(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import os, sys\n"
-        "from so3krates.hugepages import restart_with_huge_pages\n"
+        "from so3krates import runtime\n"
         "print('started', flush=True)\n"
-        "restart_with_huge_pages(sys.argv)\n"
+        "runtime.configure(restart_argv=sys.argv, reuse_cpu_buffers=False)\n"
         "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT, RESTARTED)}

@@ -1,4 +1,4 @@
-"""so3krates.cpu_memory: XLA's per-call buffers are reused, not mapped afresh (and page-faulted) every call."""
+"""so3krates.runtime.cpu_memory via runtime.configure: XLA's per-call buffers reused, not mapped afresh per call."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from so3krates.cpu_memory import LARGE_SHARE, OPT_OUT, _glibc, reuse_cpu_buffers
+from so3krates.runtime.cpu_memory import LARGE_SHARE, OPT_OUT, _glibc, reuse_cpu_buffers
 
 # A program (made with so3krates.compile.jit) whose one intermediate, exp(a), is 64 MiB: above the largest
 # block glibc serves from its heap (32 MiB), so without reuse its pages are mapped and faulted in every call.
@@ -15,8 +15,11 @@ PROBE = textwrap.dedent(
     """
     import resource
     import sys
-    from so3krates import cpu_memory
-    from so3krates.compile import jit  # first, as the package's modules do
+    from so3krates import runtime
+    from so3krates.runtime import cpu_memory
+    from so3krates.compile import jit
+
+    runtime.configure()  # before any array, as the so3krates command does
     import jax
     import jax.numpy as jnp
 
@@ -48,8 +51,8 @@ def test_nothing_is_done_when_opted_out_or_too_late():
     assert reuse_cpu_buffers({OPT_OUT: "0"}) is False
     # JAX's CPU backend started before the package is imported: the dispatch can no longer change.
     code = (
-        "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready(); from so3krates import cpu_memory; "
-        "print(cpu_memory.reusing(), jax.config.values['jax_cpu_enable_async_dispatch'])"
+        "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready(); from so3krates import runtime; "
+        "print(runtime.configure().reuse_cpu_buffers, jax.config.values['jax_cpu_enable_async_dispatch'])"
     )
     env = {k: v for k, v in os.environ.items() if k != OPT_OUT}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
