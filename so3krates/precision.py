@@ -12,10 +12,9 @@ the sums over atoms are float64 on the host (:mod:`so3krates.potential`).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import jax
+
+from so3krates.deprecation import moved
 
 DTYPES = ("float32", "float64")
 
@@ -44,25 +43,7 @@ def check_dtype(dtype: str, where: str) -> str:
     return dtype
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--dtype`` flag of the commands that run a trained model."""
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=None,
-        help="run the model in float32 or float64 (default: the dtype it was trained in); energies are "
-        "float64 sums either way",
-    )
-
-
-def dtype_for_run(run_dir: str | Path, dtype: str | None) -> str:
-    """The dtype a command runs the model of ``run_dir`` in (``dtype``, else the one it was trained in),
-    with JAX's 64-bit mode switched on for float64: what the user asked for, by flag or by training."""
-    from so3krates.run_dir import read_config
-
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"model directory {run_dir} does not exist")
-    resolved = dtype or str(read_config(run_dir).get("model", {}).get("dtype", "float32"))
-    if resolved == "float64":
-        enable_float64()
-    return check_dtype(resolved, f"--dtype {resolved}")
+__getattr__ = moved(
+    "so3krates.precision",
+    {"add_dtype_argument": "so3krates.cli.options", "dtype_for_run": "so3krates.run_dir"},
+)

@@ -330,4 +330,17 @@ def load_run(directory: str | Path, dtype: str | None = None) -> tuple[Any, dict
     return potential, variables, metadata
 
 
+def dtype_for_run(run_dir: str | Path, dtype: str | None) -> str:
+    """The dtype a command runs the model of ``run_dir`` in (``dtype``, else the one it was trained in),
+    with JAX's 64-bit mode switched on for float64: what the user asked for, by flag or by training."""
+    from so3krates.precision import check_dtype, enable_float64
+
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"model directory {run_dir} does not exist")
+    resolved = dtype or str(read_config(run_dir).get("model", {}).get("dtype", "float32"))
+    if resolved == "float64":
+        enable_float64()
+    return check_dtype(resolved, f"--dtype {resolved}")
+
+
 __getattr__ = moved("so3krates.run_dir", {"load_model": "so3krates.run_dir:load_run"})

@@ -112,6 +112,7 @@ def test_nonlocal_and_efa_flags_reach_the_model_config(tmp_path: Path) -> None:
         cli_train.resolve_config(parser.parse_args([*flags[:-1], "0,5"]))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_no_epoch(tmp_path: Path) -> None:
     data = emt_dataset(tmp_path / "emt.extxyz", n_frames=96, seed=1)
     config = tiny_yaml(tmp_path / "tiny.yaml")

@@ -11,6 +11,7 @@ from so3krates.compile import compiler_options, jit
 from so3krates.graph import collate, make_graph
 
 
+@pytest.mark.slow
 def test_potential_programs_are_compiled_without_ynnpack_products():
     if jax.default_backend() != "cpu" or not compiler_options("cpu"):
         pytest.skip("no CPU backend, or a jaxlib without the YNNPACK option")

@@ -70,6 +70,7 @@ def test_remat_with_the_radial_table_gives_the_same_results():
     assert_same(jax.tree_util.tree_map(np.asarray, a), jax.tree_util.tree_map(np.asarray, b))
 
 
+@pytest.mark.slow
 def test_remat_with_the_nonlocal_correction_gives_the_same_results():
     config = dataclasses.replace(SMALL, r_cut=3.0, nonlocal_correction=True)
     potential, variables = model(config)

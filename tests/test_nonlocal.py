@@ -143,6 +143,7 @@ def test_batch_composition_and_padding_invariance():
             start += n
 
 
+@pytest.mark.slow
 def test_parameter_gradients_finite_with_padding():
     """Training differentiates forces with respect to the weights; padding pairs (whose softmax rows are
     empty) must not leak NaN into those gradients."""

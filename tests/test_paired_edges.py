@@ -55,6 +55,7 @@ def test_collate_lays_out_pairs_across_the_two_halves():
     assert not collate([shuffled(g) for g in graphs]).edges_paired
 
 
+@pytest.mark.slow
 def test_paired_and_plain_layouts_give_the_same_energy_forces_stress_and_gradients():
     potential, variables = model(TINY)
     rng = np.random.default_rng(2)

@@ -147,6 +147,7 @@ def test_two_devices_take_the_same_step_as_one(tmp_path):
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_only_process_0_writes(tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     commands = [[sys.executable, str(HERE), "distributed", str(tmp_path), coordinator, str(i)] for i in range(2)]

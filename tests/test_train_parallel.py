@@ -68,6 +68,7 @@ def _assert_same_runs(a: Path, b: Path, tol: float) -> None:
         np.testing.assert_allclose(wb[key], wa[key], rtol=tol, atol=tol, err_msg=key)
 
 
+@pytest.mark.slow
 def test_two_devices_train_the_same_model_as_one(inputs, tmp_path):
     data, config = inputs
     run = subprocess.run(
@@ -116,6 +117,7 @@ def _two_processes(args: list[str], tmp_path: Path) -> list[str]:
     return run_together([[*base, "--process-id", str(i)] for i in range(2)], _env(tmp_path))
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run_and_resume_it(inputs, tmp_path):
     data, config = inputs
     run_dir = tmp_path / "run"

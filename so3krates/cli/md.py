@@ -22,10 +22,11 @@ from pathlib import Path
 import ase.io
 from tqdm import tqdm
 
+from so3krates.cli.options import add_dtype_argument
 from so3krates.inference import load_force_field
 from so3krates.md import engine as md_engine
 from so3krates.md.output import EnergyLog, TrajectoryWriter
-from so3krates.precision import add_dtype_argument, dtype_for_run
+from so3krates.run_dir import dtype_for_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
+from so3krates.cli.options import add_dtype_argument
 from so3krates.inference import load_force_field
-from so3krates.precision import add_dtype_argument, dtype_for_run
+from so3krates.run_dir import dtype_for_run
 
 OPTIMIZERS = ("BFGS", "FIRE", "LBFGS")
 

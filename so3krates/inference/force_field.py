@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,20 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from so3krates.potential import Potential, Variables
+from so3krates.run_dir import load_run
 
 Array = jax.Array
 
 
 @dataclass
 class ForceField:
-    """A potential with its variables and the atomic numbers it was trained on (None: not known)."""
+    """A potential with its variables, the atomic numbers it was trained on (None: not known) and the
+    metadata of its run (``metadata.json``: units, data source, split sizes, …; empty if not from a run)."""
 
     potential: Potential
     variables: Variables
     elements: tuple[int, ...] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def r_cut(self) -> float:
@@ -47,7 +50,7 @@ class ForceField:
             "params": jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self.variables["params"]),
             "normalization": {**normalization, "scale": jnp.asarray(normalization["scale"], dtype)},
         }
-        return ForceField(potential, variables, self.elements)
+        return ForceField(potential, variables, self.elements, self.metadata)
 
     def check_elements(self, numbers: Iterable[int], where: str = "structure") -> None:
         """Refuse elements the model never saw (its predictions for them would be meaningless)."""
@@ -105,11 +108,10 @@ def load_force_field(model_dir: str | Path, dtype: str | None = None) -> ForceFi
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    from so3krates.run_dir import load_run
-
     stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(model_dir.iterdir()) if p.is_file())
     key = (str(model_dir.resolve()), stamp, dtype)
     if key not in _LOADED:
         potential, variables, metadata = load_run(model_dir, dtype)
-        _LOADED[key] = ForceField(potential, variables, _elements_from_metadata(dict(metadata or {})))
+        metadata = dict(metadata or {})
+        _LOADED[key] = ForceField(potential, variables, _elements_from_metadata(metadata), metadata)
     return _LOADED[key]

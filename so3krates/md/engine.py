@@ -51,6 +51,35 @@ class EngineStats:
     rejected_steps: int = 0
 
 
+def _check_settings(atoms: Atoms, ensemble: str, timestep_fs: float, temperature_K: float) -> None:
+    """Refuse settings the JAX engine cannot run, with a message that says what to do instead."""
+    if ensemble not in ENSEMBLES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    if timestep_fs <= 0:
+        raise ValueError(f"timestep must be positive, got {timestep_fs} fs")
+    if atoms.constraints:
+        names = ", ".join(type(c).__name__ for c in atoms.constraints)
+        raise ValueError(
+            f"the JAX engine does not apply constraints ({names}); "
+            "use the ASE engine (ase_dynamics with So3kratesCalculator, or so3krates md --engine ase)"
+        )
+    if ensemble != "nve" and temperature_K <= 0:
+        raise ValueError(f"{ensemble} needs a positive temperature, got {temperature_K} K")
+    if ensemble == "nvt" and np.allclose(atoms.get_momenta(), 0.0):
+        raise ValueError("the Bussi thermostat rescales velocities: set initial velocities first")
+
+
+def _step_function(
+    fn: Callable, ensemble: str, dt: float, temperature_K: float, friction_per_ps: float, taut_fs: float
+) -> Callable:
+    """The integrator's step function for ``ensemble`` (dt in ASE time units)."""
+    if ensemble == "nve":
+        return velocity_verlet(fn, dt)[1]
+    if ensemble == "langevin":
+        return baoab_langevin(fn, dt, temperature_K, friction_per_ps / (1000.0 * units.fs))[1]
+    return bussi(fn, dt, temperature_K, taut_fs * units.fs)[1]
+
+
 class JaxMD:
     """Molecular dynamics of one structure with a So3krates model, integrated entirely in JAX.
 
@@ -90,18 +119,7 @@ class JaxMD:
         tabulate: bool = True,
         dtype: Any = None,
     ) -> None:
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
-        if timestep_fs <= 0:
-            raise ValueError(f"timestep must be positive, got {timestep_fs} fs")
-        if atoms.constraints:
-            names = ", ".join(type(c).__name__ for c in atoms.constraints)
-            raise ValueError(
-                f"the JAX engine does not apply constraints ({names}); "
-                "use the ASE engine (ase_dynamics with So3kratesCalculator, or so3krates md --engine ase)"
-            )
-        if ensemble != "nve" and temperature_K <= 0:
-            raise ValueError(f"{ensemble} needs a positive temperature, got {temperature_K} K")
+        _check_settings(atoms, ensemble, timestep_fs, temperature_K)
         positions = np.asarray(atoms.positions, np.float64)
         numbers = np.asarray(atoms.numbers, np.int32)
         self.cell = np.asarray(atoms.cell, np.float64)
@@ -138,30 +156,9 @@ class JaxMD:
 
         fn = _skip_when_stale(energy_forces_fn(model.potential, self.n_atoms), 0.5 * float(skin))
         dt = self.timestep_fs * units.fs
-        if ensemble == "nve":
-            _, self._step_fn = velocity_verlet(fn, dt)
-        elif ensemble == "langevin":
-            _, self._step_fn = baoab_langevin(fn, dt, temperature_K, friction_per_ps / (1000.0 * units.fs))
-        else:
-            _, self._step_fn = bussi(fn, dt, temperature_K, taut_fs * units.fs)
-            if np.allclose(atoms.get_momenta(), 0.0):
-                raise ValueError("the Bussi thermostat rescales velocities: set initial velocities first")
+        self._step_fn = _step_function(fn, ensemble, dt, temperature_K, friction_per_ps, taut_fs)
 
-        # Initial forces through the potential's own jitted entry point rather than the integrator's
-        # init_fn: the same padded shapes as the calculator's, so its compiled function is reused.
-        batch = self._template_host.replace(positions=self._template_host.positions.copy())
-        batch.positions[: self.n_atoms] = positions
-        initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
-        self._reference_energy = float(reference_energy(model.variables["normalization"], batch)[0])
-        self.state = MDState(
-            positions=jnp.asarray(positions, self.dtype),
-            momenta=jnp.asarray(atoms.get_momenta(), self.dtype),
-            forces=jnp.asarray(initial["forces"][: self.n_atoms], self.dtype),
-            masses=jnp.asarray(atoms.get_masses(), self.dtype),
-            energy=jnp.asarray(initial["interaction_energy"][0], self.dtype),
-            key=jax.random.PRNGKey(seed),
-            step=jnp.zeros((), jnp.int32),
-        )
+        self.state = self._initial_state(atoms, positions, seed)
         # One compiled chunk per potential and integrator settings, kept on the potential: a second run
         # with the same settings and size (another structure, new weights of the same shapes) reuses it.
         key = (self.n_atoms, ensemble, float(dt), float(temperature_K), float(friction_per_ps), float(taut_fs))
@@ -170,6 +167,26 @@ class JaxMD:
         if key not in cache:
             cache[key] = jit(self._make_chunk(0.5 * float(skin)))
         self._chunk = cache[key]
+
+    def _initial_state(self, atoms: Atoms, positions: np.ndarray, seed: int) -> MDState:
+        """The state at ``positions``, with the host's float64 reference energy kept for the total.
+
+        The forces come through the potential's own jitted entry point rather than the integrator's
+        init_fn: the same padded shapes as the calculator's, so its compiled function is reused."""
+        model = self.model
+        batch = self._template_host.replace(positions=self._template_host.positions.copy())
+        batch.positions[: self.n_atoms] = positions
+        initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
+        self._reference_energy = float(reference_energy(model.variables["normalization"], batch)[0])
+        return MDState(
+            positions=jnp.asarray(positions, self.dtype),
+            momenta=jnp.asarray(atoms.get_momenta(), self.dtype),
+            forces=jnp.asarray(initial["forces"][: self.n_atoms], self.dtype),
+            masses=jnp.asarray(atoms.get_masses(), self.dtype),
+            energy=jnp.asarray(initial["interaction_energy"][0], self.dtype),
+            key=jax.random.PRNGKey(seed),
+            step=jnp.zeros((), jnp.int32),
+        )
 
     # -- the compiled chunk ----------------------------------------------------------------------
     def _make_chunk(self, max_move: float) -> Callable[..., tuple[MDState, jax.Array, jax.Array, jax.Array]]:

@@ -7,6 +7,7 @@ Frames are taken every ``stride`` steps after an equilibration period and carry 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from ase import Atoms, units
@@ -97,6 +98,30 @@ def sample_md(
     )
     work.calc = make_calculator(method, electronic_temperature, charge, uhf, max_iterations, accuracy)
     rng = np.random.default_rng(seed)
+    dyn = _thermostat(work, temperature, timestep_fs, friction, rng)
+    total = equilibration_steps + n_frames * stride
+    bar = tqdm(total=total, unit="step", desc="xTB MD", disable=not progress, dynamic_ncols=True)
+    advance = _runner(dyn, bar)
+    frames: list[Atoms] = []
+    try:
+        advance(equilibration_steps)
+        for _ in range(n_frames):
+            advance(stride)
+            frame = _snapshot(work)
+            frames.append(frame)
+            if callback is not None:
+                callback(frame)
+            bar.set_postfix(frames=len(frames), T=f"{work.get_temperature():.0f}K")
+    finally:
+        bar.close()
+    return frames
+
+
+def _thermostat(
+    work: Atoms, temperature: float, timestep_fs: float, friction: float, rng: np.random.Generator
+) -> Langevin:
+    """Maxwell–Boltzmann velocities at ``temperature`` without drift (or rotation, where defined), and
+    ASE's Langevin integrator on ``work``."""
     thermalize_momenta(work, temperature, rng=rng)
     Stationary(work)
     if not work.pbc.any() and len(work) > 2:
@@ -112,12 +137,13 @@ def sample_md(
     # with fixcm=True, 514 +- 16 K over 5 ps with fixcm=False; H2O ~1300 K internal with fixcm=True.
     # Stationary() above removes the initial drift; the thermostat only lets the centre of mass
     # diffuse slowly, which does not affect the labels.
-    dyn = Langevin(
+    return Langevin(
         work, timestep_fs * units.fs, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
     )
 
-    total = equilibration_steps + n_frames * stride
-    bar = tqdm(total=total, unit="step", desc="xTB MD", disable=not progress, dynamic_ncols=True)
+
+def _runner(dyn: Langevin, bar: Any) -> Callable[[int], None]:
+    """``advance(n)``: n more MD steps in chunks of 10 (the bar moves), a failed SCF named by its steps."""
     step = 0
 
     def advance(n: int) -> None:
@@ -136,16 +162,4 @@ def sample_md(
             n -= k
             bar.update(k)
 
-    frames: list[Atoms] = []
-    try:
-        advance(equilibration_steps)
-        for _ in range(n_frames):
-            advance(stride)
-            frame = _snapshot(work)
-            frames.append(frame)
-            if callback is not None:
-                callback(frame)
-            bar.set_postfix(frames=len(frames), T=f"{work.get_temperature():.0f}K")
-    finally:
-        bar.close()
-    return frames
+    return advance
