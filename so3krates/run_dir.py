@@ -189,13 +189,18 @@ def _require(path: Path) -> Path:
     return path
 
 
+def _parse(path: Path, parse: Callable[[str], Any], errors: tuple[type[Exception], ...], kind: str) -> Any:
+    """``parse`` of the file's text; a file that does not parse is named as corrupted."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except errors as err:
+        raise ValueError(f"{path} is corrupted (not valid {kind}: {err})") from None
+
+
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """``metadata.json`` of a model directory, with its format version checked."""
     path = _require(Path(directory) / METADATA_FILE)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is corrupted (not valid JSON: {err})") from None
+    meta = _parse(path, json.loads, (json.JSONDecodeError, UnicodeDecodeError), "JSON")
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is corrupted (expected a JSON object)")
     version = meta.get("format_version")
@@ -217,10 +222,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
 def read_config(directory: str | Path) -> dict[str, Any]:
     """``config.yaml`` of a model directory as a dict (with a ``model`` section)."""
     path = _require(Path(directory) / CONFIG_FILE)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is corrupted (not valid YAML: {err})") from None
+    config = _parse(path, yaml.safe_load, (yaml.YAMLError, UnicodeDecodeError), "YAML")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{path} is corrupted or incomplete: it has no 'model' section")
     return config

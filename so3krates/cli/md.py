@@ -22,7 +22,7 @@ from pathlib import Path
 import ase.io
 from tqdm import tqdm
 
-from so3krates.cli.options import add_dtype_argument
+from so3krates.cli.options import add_dtype_argument, read_structure
 from so3krates.inference import load_force_field
 from so3krates.md import engine as md_engine
 from so3krates.md.output import EnergyLog, TrajectoryWriter
@@ -61,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--interval must be ≥ 1, got {args.interval}")
     if args.timestep <= 0:
         raise ValueError(f"--timestep must be positive, got {args.timestep}")
-    if not Path(args.structure).exists():
-        raise FileNotFoundError(f"structure file {args.structure} does not exist")
-    atoms = ase.io.read(args.structure, index=args.index)
-    if isinstance(atoms, list):
-        raise ValueError(f"--index {args.index} selects several frames; give one")
+    atoms = read_structure(args.structure, args.index)
     model = load_force_field(args.model, dtype_for_run(args.model, args.dtype))
     if not args.keep_velocities:
         md_engine.initial_velocities(atoms, args.temperature, seed=args.seed)

@@ -14,12 +14,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import ase.io
 import numpy as np
 
-from so3krates.cli.options import add_dtype_argument
+from so3krates.cli.options import add_dtype_argument, read_structure
 from so3krates.inference import load_force_field
 from so3krates.run_dir import dtype_for_run
 
@@ -50,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fmax <= 0:
         raise ValueError(f"--fmax must be positive, got {args.fmax}")
-    if not Path(args.structure).exists():
-        raise FileNotFoundError(f"structure file {args.structure} does not exist")
-    atoms = ase.io.read(args.structure, index=args.index)
-    if isinstance(atoms, list):
-        raise ValueError(f"--index {args.index} selects several frames; give one")
+    atoms = read_structure(args.structure, args.index)
     if args.cell and not atoms.pbc.any():
         raise ValueError("--cell needs a periodic structure (pbc is False in every direction)")
     atoms.calc = So3kratesCalculator(model=load_force_field(args.model, dtype_for_run(args.model, args.dtype)))

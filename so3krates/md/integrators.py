@@ -74,6 +74,24 @@ def maxwell_boltzmann(key: Array, masses: Array, temperature_K: float, dtype: An
     return momenta - masses[:, None] * (momenta.sum(0) / masses.sum())
 
 
+def _init_function(energy_forces_fn: EnergyForcesFn, default_temperature_K: float | None) -> InitFn:
+    """The integrators' ``init_fn(key, positions, masses, neighbours, momenta=None, temperature_K=...,
+    **params)``: momenta given, or Maxwell–Boltzmann at ``temperature_K`` (default: the bath's), or zero."""
+
+    def init_fn(
+        key: Array,
+        positions: Array,
+        masses: Array,
+        neighbours: Any,
+        momenta: Array | None = None,
+        temperature_K: float | None = default_temperature_K,
+        **params: Any,
+    ) -> MDState:
+        return _initial_state(energy_forces_fn, key, positions, masses, neighbours, momenta, temperature_K, params)
+
+    return init_fn
+
+
 def _initial_state(
     energy_forces_fn: EnergyForcesFn,
     key: Array,
@@ -115,16 +133,7 @@ def velocity_verlet(energy_forces_fn: EnergyForcesFn, dt: float) -> tuple[InitFn
         ``step_fn(state, neighbours, **params)``.
     """
 
-    def init_fn(
-        key: Array,
-        positions: Array,
-        masses: Array,
-        neighbours: Any,
-        momenta: Array | None = None,
-        temperature_K: float | None = None,
-        **params: Any,
-    ) -> MDState:
-        return _initial_state(energy_forces_fn, key, positions, masses, neighbours, momenta, temperature_K, params)
+    init_fn = _init_function(energy_forces_fn, None)
 
     def step_fn(state: MDState, neighbours: Any, **params: Any) -> MDState:
         return _verlet(energy_forces_fn, state, state.momenta, dt, neighbours, params)
@@ -166,16 +175,7 @@ def baoab_langevin(
     c2 = float(jnp.sqrt(1.0 - c1 * c1))
     kT = units.kB * temperature_K
 
-    def init_fn(
-        key: Array,
-        positions: Array,
-        masses: Array,
-        neighbours: Any,
-        momenta: Array | None = None,
-        temperature_K: float | None = temperature_K,
-        **params: Any,
-    ) -> MDState:
-        return _initial_state(energy_forces_fn, key, positions, masses, neighbours, momenta, temperature_K, params)
+    init_fn = _init_function(energy_forces_fn, temperature_K)
 
     def step_fn(state: MDState, neighbours: Any, **params: Any) -> MDState:
         m = state.masses[:, None]
@@ -212,16 +212,7 @@ def bussi(energy_forces_fn: EnergyForcesFn, dt: float, temperature_K: float, tau
     c = float(jnp.exp(-dt / tau))
     kT = units.kB * temperature_K
 
-    def init_fn(
-        key: Array,
-        positions: Array,
-        masses: Array,
-        neighbours: Any,
-        momenta: Array | None = None,
-        temperature_K: float | None = temperature_K,
-        **params: Any,
-    ) -> MDState:
-        return _initial_state(energy_forces_fn, key, positions, masses, neighbours, momenta, temperature_K, params)
+    init_fn = _init_function(energy_forces_fn, temperature_K)
 
     def step_fn(state: MDState, neighbours: Any, **params: Any) -> MDState:
         ndof = state.momenta.size
