@@ -17,29 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
-from so3krates.train.config import LOSS_UNITS, SCHEDULES, TrainConfig, parse_count, parse_degrees, parse_duration
-
-
-def count(text: str) -> int | float:
-    """argparse type (its name appears in argparse's error message)."""
-    return parse_count(text)
-
-
-def duration(text: str) -> float:
-    """argparse type: seconds or 40m / 2h / 1h30m."""
-    return parse_duration(text)
-
-
-def degrees(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated degrees."""
-    return parse_degrees(text)
-
-
-def layers(text: str) -> tuple[int, ...]:
-    """argparse type: comma-separated layer indices."""
-    return parse_degrees(text)
-
+from so3krates.options import add_config_arguments, deep_merge, merge, overrides_from_args
+from so3krates.train.config import TrainConfig, resume_config, yaml_options
 
 # Quick demonstration on the bundled dataset: a small model that trains in a few minutes on 2 CPU cores.
 QUICK_PRESET: dict[str, Any] = {
@@ -56,158 +35,17 @@ QUICK_PRESET: dict[str, Any] = {
     "model": {"features": 32, "num_layers": 2, "degrees": [1, 2], "num_heads": 2, "r_cut": 4.0},
 }
 
-# flag dest → TrainConfig / ModelConfig option
-_OPTIONS = {
-    "data": "data",
-    "n_train": "n_train",
-    "n_valid": "n_valid",
-    "n_test": "n_test",
-    "max_epochs": "max_epochs",
-    "batch_size": "batch_size",
-    "energy_unit": "energy_unit",
-    "loss_units": "loss_units",
-    "length_unit": "length_unit",
-    "energy_key": "energy_key",
-    "forces_key": "forces_key",
-    "stress_key": "stress_key",
-    "beta": "beta",
-    "stress_weight": "stress_weight",
-    "lr": "lr",
-    "schedule": "schedule",
-    "decay_epochs": "decay_epochs",
-    "plateau_patience": "plateau_patience",
-    "max_time": "max_time",
-    "patience": "patience",
-    "seed": "seed",
-    "valid_every": "valid_every",
-    "ema_decay": "ema_decay",
-    "features": "features",
-    "layers": "num_layers",
-    "degrees": "degrees",
-    "cutoff": "r_cut",
-    "heads": "num_heads",
-    "dtype": "dtype",
-    "nonlocal_correction": "nonlocal_correction",
-    "nonlocal_kappa": "nonlocal_kappa",
-    "nonlocal_p": "nonlocal_p",
-    "global_attention": "global_attention",
-    "efa_qk_features": "efa_qk_features",
-    "efa_v_features": "efa_v_features",
-    "efa_max_frequency": "efa_max_frequency",
-    "efa_max_length": "efa_max_length",
-    "efa_grid_size": "efa_grid_size",
-    "efa_layers": "efa_layers",
-}
-# What may change when resuming: how long to train, and how to show it (and, not options of the run at
-# all, the devices and processes it runs on).
-_RESUMABLE = {"max_epochs", "max_time", "patience", "progress"}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        help="training file: .npz (sGDML R/z/E/F or positions/atomic_numbers/energy/forces) or any ASE "
-        "format (extxyz, .gz, db, traj), or a stream directory from `so3krates prepare` (read memory-mapped, "
-        "neighbour lists built batch by batch: for data larger than memory); default: the bundled ethanol "
-        "dataset with a quick preset",
-    )
-    data.add_argument(
+    """The configuration's flags (from TrainConfig's field options), then the run's own flags."""
+    groups = add_config_arguments(parser, TrainConfig)
+    groups["data"].add_argument(
         "--out", help="run directory for the model, metrics and checkpoints (default: runs/<data name>, made unique)"
     )
-    data.add_argument("--config", help="YAML file of training options (flags override it)")
-    data.add_argument(
-        "--energy-unit",
-        help=f"energy unit of the file: {', '.join(ENERGY_UNIT_NAMES)} (default eV); forces are in "
-        "energy unit / length unit. Errors are reported in these units",
+    groups["data"].add_argument("--config", help="YAML file of training options (flags override it)")
+    groups["training"].add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
-    data.add_argument(
-        "--loss-units",
-        choices=LOSS_UNITS,
-        help="compute the loss in the file's units (data, the default) or in eV and Å (eV: as the authors' "
-        "release trained MD17; the units set how hard --grad-clip binds)",
-    )
-    data.add_argument("--length-unit", help=f"length unit of the file: {', '.join(LENGTH_UNIT_NAMES)} (default Å)")
-    data.add_argument("--energy-key", help="name of the energy label in the file (default: the format's own)")
-    data.add_argument("--forces-key", help="name of the forces label in the file")
-    data.add_argument("--stress-key", help="name of the stress label in the file (periodic data)")
-    data.add_argument("--n-train", type=count, help="training frames: a count, or a fraction ≤ 1 (default 0.8)")
-    data.add_argument("--n-valid", type=count, help="validation frames: count or fraction (default 0.1)")
-    data.add_argument("--n-test", type=count, help="test frames: count or fraction (default: all the rest)")
-    data.add_argument("--seed", type=int, help="seed of the split, initial weights and shuffling (default 0)")
-
-    fit = parser.add_argument_group("training")
-    fit.add_argument("--max-epochs", type=int, help="maximum number of epochs (default 1000)")
-    fit.add_argument(
-        "--max-time",
-        type=duration,
-        help="wall-time limit: seconds or e.g. 40m, 2h, 1h30m; no epoch is "
-        "started that would end after it (default: none)",
-    )
-    fit.add_argument("--batch-size", type=int, help="structures per batch (default 8)")
-    fit.add_argument("--beta", type=float, help="β of eq. 35, weight of the forces; 1 = forces only (default 0.99)")
-    fit.add_argument("--stress-weight", type=float, help="weight of the stress error in the loss (default 0)")
-    fit.add_argument("--lr", type=float, help="initial Adam learning rate (default 1e-3)")
-    fit.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        help="learning-rate schedule: exponential (×0.5 every --decay-epochs), "
-        "plateau (×0.5 after --plateau-patience epochs without improvement) or constant (default exponential)",
-    )
-    fit.add_argument("--decay-epochs", type=int, help="epochs per halving of the exponential schedule (default 1000)")
-    fit.add_argument("--plateau-patience", type=int, help="epochs without improvement before halving (default 25)")
-    fit.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many validations without improvement (default: off)",
-    )
-    fit.add_argument("--valid-every", type=int, help="validate every N epochs (default 1)")
-    fit.add_argument("--ema-decay", type=float, help="decay of the weights' moving average, 0 = off (default 0.999)")
-    fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    fit.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
-
-    model = parser.add_argument_group("model")
-    model.add_argument("--features", type=int, help="feature width F (default 132)")
-    model.add_argument("--layers", type=int, help="number of So3krates layers (default 6)")
-    model.add_argument("--degrees", type=degrees, help="SPHC degrees, e.g. 1,2,3 (default)")
-    model.add_argument("--cutoff", type=float, help="cutoff radius r_cut in Å (default 5)")
-    model.add_argument("--heads", type=int, help="attention heads of the feature block (default 4)")
-    model.add_argument("--dtype", choices=("float32", "float64"), help="floating-point precision (default float32)")
-    model.add_argument(
-        "--nonlocal-correction",
-        "--nonlocal",
-        dest="nonlocal_correction",
-        action="store_const",
-        const=True,
-        help="add the non-local geometric correction (eq. 14; O(n²) per structure)",
-    )
-    model.add_argument(
-        "--kappa",
-        "--nonlocal-kappa",
-        dest="nonlocal_kappa",
-        type=float,
-        help="κ of the non-local correction: the SPHC-space cutoff is κ / n_atoms (default 1)",
-    )
-    model.add_argument(
-        "--nonlocal-p",
-        dest="nonlocal_p",
-        type=int,
-        help="p of the polynomial cutoff (eq. 29) of the non-local correction (default 6)",
-    )
-    model.add_argument(
-        "--global-attention",
-        choices=("efa",),
-        help="global interactions at linear cost: efa = Euclidean fast attention (docs/efa.md), in every layer "
-        "unless --efa-layers",
-    )
-    model.add_argument("--efa-qk-features", type=int, help="EFA query/key width, even (default 16)")
-    model.add_argument("--efa-v-features", type=int, help="EFA value width (default 32)")
-    model.add_argument("--efa-max-frequency", type=float, help="EFA largest ERoPE frequency b_max (default π)")
-    model.add_argument(
-        "--efa-max-length", type=float, help="EFA r_max in Å: the largest distance within a structure (default 15)"
-    )
-    model.add_argument("--efa-grid-size", type=int, help="EFA Lebedev directions; must integrate b_max (default 50)")
-    model.add_argument("--efa-layers", type=layers, help="layers (0-based, comma-separated) with EFA (default all)")
 
     par = parser.add_argument_group("devices and processes (data-parallel training, docs/parallel.md)")
     par.add_argument(
@@ -224,77 +62,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line (None: not given)."""
-    out = {option: getattr(args, dest) for dest, option in _OPTIONS.items() if getattr(args, dest, None) is not None}
+    """The options given as flags, nested like the configuration (``model`` under its key)."""
+    out = overrides_from_args(args, TrainConfig)
     if "data" in out:
         out["data"] = str(Path(out["data"]).resolve())  # the saved config must work from any directory
-    if args.no_progress or not sys.stderr.isatty():
+    if not sys.stderr.isatty():
         out["progress"] = False  # bars in a log file are noise: one line per epoch instead
     return out
 
 
+def _explicit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options the user stated: the keys written in --config, then the flags given (not the defaults)."""
+    return deep_merge(yaml_options(args.config) if args.config else {}, _overrides(args))
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < quick preset (no data anywhere) < --config YAML < flags."""
-    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
-    overrides = _overrides(args)
-    if base.data is None and "data" not in overrides:
-        preset = dict(QUICK_PRESET)
-        base_dict = base.to_dict()
-        # The preset fills in what the YAML file left at the defaults; the YAML's own choices win.
-        defaults = TrainConfig().to_dict()
-        merged = {k: (preset[k] if k in preset and base_dict[k] == defaults[k] else base_dict[k]) for k in base_dict}
-        merged["model"] = {
-            k: (preset["model"].get(k, v) if v == defaults["model"][k] else v) for k, v in base_dict["model"].items()
-        }
-        base = TrainConfig.from_dict(merged)
-    if base.data is not None and args.config:
-        # A relative data path in a YAML file is relative to that file.
-        path = Path(base.data)
-        if not path.is_absolute():
-            base = base.replace(data=str((Path(args.config).parent / path).resolve()))
-    return base.replace(**overrides)
-
-
-def _explicit_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options the user stated: flags given, and the keys written in --config (not the defaults)."""
-    explicit: dict[str, Any] = {}
-    if args.config:
-        import yaml
-
-        raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        stated = TrainConfig.from_yaml(args.config)
-        if stated.data is not None and not Path(stated.data).is_absolute():
-            stated = stated.replace(data=str((Path(args.config).parent / stated.data).resolve()))
-        explicit.update({k: getattr(stated, k) for k in raw if k != "model"})
-        explicit.update({k: getattr(stated.model, k) for k in raw.get("model") or {}})
-    explicit.update(_overrides(args))
-    return explicit
+    stated = yaml_options(args.config) if args.config else {}
+    flags = _overrides(args)
+    preset = QUICK_PRESET if stated.get("data") is None and "data" not in flags else {}
+    return merge(TrainConfig, preset, stated, flags, where="config", kind="training")
 
 
 def _resume_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
-    """The run's saved configuration; only max_epochs/max_time/patience/progress (and a moved --data) may
-    change, so that the original command with ``--resume`` appended continues the same run."""
+    """The run's saved configuration with what the user stated merged in, if only options that may
+    change on resume changed (max_epochs, max_time, patience, progress, and a moved --data), so that the
+    original command with ``--resume`` appended continues the same run."""
     from so3krates.run_dir import read_config
 
-    config = TrainConfig.from_dict(read_config(run_dir), where=str(run_dir / "config.yaml"))
-    current = config.to_dict()
-    flat = {**current, **current["model"]}
-    allowed: dict[str, Any] = {}
-    for option, value in _explicit_options(args).items():
-        if option in _RESUMABLE:
-            allowed[option] = value
-            continue
-        if option == "data":
-            if value != config.data:
-                allowed["data"] = value  # the file moved; its checksum is checked before training
-            continue
-        old = flat.get(option)
-        if (list(value) if isinstance(value, tuple) else value) != old:
-            raise ValueError(
-                f"cannot change {option} when resuming (the run uses {old!r}, now {value!r}); "
-                "start a new run with another --out"
-            )
-    return config.replace(**allowed)
+    saved = TrainConfig.from_dict(read_config(run_dir), where=str(run_dir / "config.yaml"))
+    return resume_config(saved, _explicit_options(args))
 
 
 def _default_out(config: TrainConfig) -> Path:

@@ -10,25 +10,43 @@ rate × 0.5 every 1000 epochs, gradient clipping at global norm 1, EMA 0.999 of 
 
 from __future__ import annotations
 
-import dataclasses
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES, energy_unit_name, length_unit_name
 from so3krates.model.config import ModelConfig
+from so3krates.option_values import duration, layers, parse_count, parse_degrees, parse_duration
+from so3krates.options import (
+    FIXED,
+    FREE,
+    MOVED,
+    Option,
+    leaves,
+    merge,
+    option,
+    register_options,
+    resume_merge,
+    set_path,
+    to_plain,
+)
+
+__all__ = ["TrainConfig", "resume_config", "yaml_options", "parse_count", "parse_degrees", "parse_duration"]
 
 SCHEDULES = ("exponential", "plateau", "constant")
-
-
 LOSS_UNITS = ("data", "eV")
+DATA, FIT, MODEL = "data", "training", "model"  # argparse groups of the flags
 
 
 @dataclass
 class TrainConfig:
     """Training options (units: the user's, as named by ``energy_unit`` / ``length_unit``).
+
+    Each field's metadata (:func:`so3krates.options.option`) gives its command-line flag, help and
+    whether it may change when a run is resumed; the model's are in the table below the class.
 
     Attributes:
         data: training file (any format the data layer reads); None: the bundled default dataset.
@@ -61,35 +79,120 @@ class TrainConfig:
         model: the model hyperparameters.
     """
 
-    data: str | None = None
-    energy_unit: str = "eV"
-    length_unit: str = "Å"
-    loss_units: str = "data"
-    energy_key: str | None = None
-    forces_key: str | None = None
-    stress_key: str | None = None
-    n_train: int | float = 0.8
-    n_valid: int | float = 0.1
-    n_test: int | float | None = None
-    seed: int = 0
-    batch_size: int = 8
-    max_epochs: int = 1000
-    max_time: float | None = None
-    patience: int | None = None
-    beta: float = 0.99
-    stress_weight: float = 0.0
-    lr: float = 1e-3
-    schedule: str = "exponential"
-    decay_factor: float = 0.5
-    decay_epochs: int = 1000
-    plateau_patience: int = 25
-    plateau_factor: float = 0.5
-    min_lr: float = 1e-6
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.999
-    valid_every: int = 1
-    valid_batch_size: int | None = None
-    progress: bool = True
+    data: str | None = field(
+        default=None,
+        metadata=option(
+            MOVED,  # the file may have moved: the caller checks its checksum
+            DATA,
+            "training file: .npz (sGDML R/z/E/F or positions/atomic_numbers/energy/forces) or any ASE "
+            "format (extxyz, .gz, db, traj), or a stream directory from `so3krates prepare` (read memory-mapped, "
+            "neighbour lists built batch by batch: for data larger than memory); default: the bundled ethanol "
+            "dataset with a quick preset",
+        ),
+    )
+    energy_unit: str = field(
+        default="eV",
+        metadata=option(
+            FIXED,
+            DATA,
+            f"energy unit of the file: {', '.join(ENERGY_UNIT_NAMES)} (default eV); forces are in "
+            "energy unit / length unit. Errors are reported in these units",
+        ),
+    )
+    length_unit: str = field(
+        default="Å",
+        metadata=option(FIXED, DATA, f"length unit of the file: {', '.join(LENGTH_UNIT_NAMES)} (default Å)"),
+    )
+    loss_units: str = field(
+        default="data",
+        metadata=option(
+            FIXED,
+            DATA,
+            "compute the loss in the file's units (data, the default) or in eV and Å (eV: as the authors' "
+            "release trained MD17; the units set how hard --grad-clip binds)",
+            choices=LOSS_UNITS,
+        ),
+    )
+    energy_key: str | None = field(
+        default=None, metadata=option(FIXED, DATA, "name of the energy label in the file (default: the format's own)")
+    )
+    forces_key: str | None = field(default=None, metadata=option(FIXED, DATA, "name of the forces label in the file"))
+    stress_key: str | None = field(
+        default=None, metadata=option(FIXED, DATA, "name of the stress label in the file (periodic data)")
+    )
+    n_train: int | float = field(
+        default=0.8, metadata=option(FIXED, DATA, "training frames: a count, or a fraction ≤ 1 (default 0.8)")
+    )
+    n_valid: int | float = field(
+        default=0.1, metadata=option(FIXED, DATA, "validation frames: count or fraction (default 0.1)")
+    )
+    n_test: int | float | None = field(
+        default=None, metadata=option(FIXED, DATA, "test frames: count or fraction (default: all the rest)")
+    )
+    seed: int = field(
+        default=0, metadata=option(FIXED, DATA, "seed of the split, initial weights and shuffling (default 0)")
+    )
+    batch_size: int = field(default=8, metadata=option(FIXED, FIT, "structures per batch (default 8)"))
+    max_epochs: int = field(default=1000, metadata=option(FREE, FIT, "maximum number of epochs (default 1000)"))
+    max_time: float | None = field(
+        default=None,
+        metadata=option(
+            FREE,
+            FIT,
+            "wall-time limit: seconds or e.g. 40m, 2h, 1h30m; no epoch is "
+            "started that would end after it (default: none)",
+            type=duration,
+        ),
+    )
+    patience: int | None = field(
+        default=None,
+        metadata=option(
+            FREE, FIT, "early stopping: stop after this many validations without improvement (default: off)"
+        ),
+    )
+    beta: float = field(
+        default=0.99, metadata=option(FIXED, FIT, "β of eq. 35, weight of the forces; 1 = forces only (default 0.99)")
+    )
+    stress_weight: float = field(
+        default=0.0, metadata=option(FIXED, FIT, "weight of the stress error in the loss (default 0)")
+    )
+    lr: float = field(default=1e-3, metadata=option(FIXED, FIT, "initial Adam learning rate (default 1e-3)"))
+    schedule: str = field(
+        default="exponential",
+        metadata=option(
+            FIXED,
+            FIT,
+            "learning-rate schedule: exponential (×0.5 every --decay-epochs), "
+            "plateau (×0.5 after --plateau-patience epochs without improvement) or constant (default exponential)",
+            choices=SCHEDULES,
+        ),
+    )
+    decay_factor: float = field(default=0.5, metadata=option(FIXED, flags=()))
+    decay_epochs: int = field(
+        default=1000, metadata=option(FIXED, FIT, "epochs per halving of the exponential schedule (default 1000)")
+    )
+    plateau_patience: int = field(
+        default=25, metadata=option(FIXED, FIT, "epochs without improvement before halving (default 25)")
+    )
+    plateau_factor: float = field(default=0.5, metadata=option(FIXED, flags=()))
+    min_lr: float = field(default=1e-6, metadata=option(FIXED, flags=()))
+    grad_clip: float | None = field(default=1.0, metadata=option(FIXED, flags=()))
+    ema_decay: float = field(
+        default=0.999, metadata=option(FIXED, FIT, "decay of the weights' moving average, 0 = off (default 0.999)")
+    )
+    valid_every: int = field(default=1, metadata=option(FIXED, FIT, "validate every N epochs (default 1)"))
+    valid_batch_size: int | None = field(default=None, metadata=option(FIXED, flags=()))
+    progress: bool = field(
+        default=True,
+        metadata=option(
+            FREE,
+            FIT,
+            "one line per epoch instead of progress bars",
+            flags=("--no-progress",),
+            dest="progress",
+            const=False,
+        ),
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
@@ -134,8 +237,6 @@ class TrainConfig:
             raise ValueError("n_train must be at least 1 frame")
         if self.loss_units not in LOSS_UNITS:
             raise ValueError(f"loss_units must be one of {', '.join(LOSS_UNITS)}, got {self.loss_units!r}")
-        from so3krates.data.units import energy_unit_name, length_unit_name
-
         # Canonical spellings ("kcal/mol", "Å"), so that reports and the saved config use one name.
         self.energy_unit = energy_unit_name(self.energy_unit)
         self.length_unit = length_unit_name(self.length_unit)
@@ -143,143 +244,110 @@ class TrainConfig:
     # -- conversions --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON ready), the model hyperparameters under ``model``."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
-        d["model"] = self.model.to_dict()
-        return d
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from a dict (e.g. parsed YAML); unknown options are an error naming them."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a mapping of options, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown training options {unknown}; known: {sorted(known)}")
-        values = {k: _coerce(k, v, where) for k, v in d.items() if k != "model"}
-        model = d.get("model") or {}
-        if isinstance(model, ModelConfig):
-            model_config = model
-        else:
-            try:
-                model_config = ModelConfig.from_dict({k: _coerce_model(k, v) for k, v in dict(model).items()})
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: model: {err}") from None
-        return cls(**values, model=model_config)
+    def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> TrainConfig:
+        """Build from a dict (e.g. parsed YAML); values are converted by field type (YAML reads ``1e-3``
+        as a string), unknown options are an error naming them."""
+        return merge(cls, d, where=where, kind="training")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML file of options (any subset; the rest keep their defaults)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(_read_yaml(path), where=str(path))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes``; keys of ModelConfig go into ``model``; None values are ignored."""
-        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        top = {k: v for k, v in changes.items() if v is not None and k not in model_fields}
-        model = {k: v for k, v in changes.items() if v is not None and k in model_fields}
-        d = self.to_dict()
-        d.update(top)
-        d["model"] = {**d["model"], **model}
-        return TrainConfig.from_dict(d)
+        paths: dict[str, tuple[str, ...]] = {}
+        for leaf in sorted(leaves(TrainConfig), key=lambda leaf: len(leaf.path)):
+            paths.setdefault(leaf.path[-1], leaf.path)  # the outermost field of that name
+        layer: dict[str, Any] = {}
+        for name, value in changes.items():
+            if value is not None:
+                set_path(layer, paths.get(name, (name,)), value)
+        return merge(self, layer)
 
 
-_INT = {"seed", "batch_size", "max_epochs", "decay_epochs", "plateau_patience", "valid_every"}
-_OPT_INT = {"patience", "valid_batch_size"}
-_FLOAT = {"beta", "stress_weight", "lr", "decay_factor", "plateau_factor", "min_lr", "ema_decay"}
-_OPT_FLOAT = {"max_time", "grad_clip"}
-_COUNTS = {"n_train", "n_valid", "n_test"}
+# The model's options, next to the training ones (ModelConfig's own module stays free of the CLI).
+register_options(
+    ModelConfig,
+    {
+        "features": Option(FIXED, MODEL, "feature width F (default 132)"),
+        "num_layers": Option(FIXED, MODEL, "number of So3krates layers (default 6)", flags=("--layers",)),
+        "degrees": Option(FIXED, MODEL, "SPHC degrees, e.g. 1,2,3 (default)"),
+        "num_heads": Option(FIXED, MODEL, "attention heads of the feature block (default 4)", flags=("--heads",)),
+        "r_cut": Option(FIXED, MODEL, "cutoff radius r_cut in Å (default 5)", flags=("--cutoff",)),
+        "num_radial": Option(FIXED, flags=()),
+        "radial_hidden": Option(FIXED, flags=()),
+        "spherical_hidden": Option(FIXED, flags=()),
+        "max_atomic_number": Option(FIXED, flags=()),
+        "dtype": Option(FIXED, MODEL, "floating-point precision (default float32)", choices=("float32", "float64")),
+        "nonlocal_correction": Option(
+            FIXED,
+            MODEL,
+            "add the non-local geometric correction (eq. 14; O(n²) per structure)",
+            flags=("--nonlocal-correction", "--nonlocal"),
+        ),
+        "nonlocal_kappa": Option(
+            FIXED,
+            MODEL,
+            "κ of the non-local correction: the SPHC-space cutoff is κ / n_atoms (default 1)",
+            flags=("--kappa", "--nonlocal-kappa"),
+            dest="nonlocal_kappa",
+        ),
+        "nonlocal_p": Option(
+            FIXED, MODEL, "p of the polynomial cutoff (eq. 29) of the non-local correction (default 6)"
+        ),
+        "nonlocal_normalisation": Option(FIXED, flags=()),
+        "global_attention": Option(
+            FIXED,
+            MODEL,
+            "global interactions at linear cost: efa = Euclidean fast attention (docs/efa.md), in every layer "
+            "unless --efa-layers",
+            choices=("efa",),
+        ),
+        "pseudotensor_paths": Option(FIXED, flags=()),
+        "efa_qk_features": Option(FIXED, MODEL, "EFA query/key width, even (default 16)"),
+        "efa_v_features": Option(FIXED, MODEL, "EFA value width (default 32)"),
+        "efa_max_frequency": Option(FIXED, MODEL, "EFA largest ERoPE frequency b_max (default π)"),
+        "efa_max_length": Option(FIXED, MODEL, "EFA r_max in Å: the largest distance within a structure (default 15)"),
+        "efa_grid_size": Option(FIXED, MODEL, "EFA Lebedev directions; must integrate b_max (default 50)"),
+        "efa_layers": Option(FIXED, MODEL, "layers (0-based, comma-separated) with EFA (default all)", type=layers),
+        "remat": Option(FIXED, flags=()),
+    },
+)
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """YAML gives ``1e-3`` as a string and users write ``0.8`` or ``800``: convert by option type."""
-    try:
-        if name in _INT:
-            return _to_int(value)
-        if name in _OPT_INT:
-            return None if value is None else _to_int(value)
-        if name in _FLOAT:
-            return float(value)
-        if name in _OPT_FLOAT:
-            return None if value is None else (parse_duration(value) if name == "max_time" else float(value))
-        if name in _COUNTS:
-            return None if value is None else parse_count(value)
-        if name == "progress":
-            return bool(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: option {name} = {value!r}: {err}") from None
-    return value
+def resume_config(saved: TrainConfig, requested: TrainConfig | Mapping[str, Any]) -> TrainConfig:
+    """The configuration that resumes a run saved with ``saved``.
 
-
-def _coerce_model(name: str, value: Any) -> Any:
-    if name == "degrees":
-        return parse_degrees(value)
-    if name in ("features", "num_layers", "num_heads", "num_radial", "radial_hidden", "spherical_hidden"):
-        return _to_int(value)
-    if name in ("r_cut", "nonlocal_kappa"):
-        return float(value)
-    return value
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError("expected an integer")
-        return int(value)
-    return int(str(value).strip())
-
-
-def parse_count(value: Any) -> int | float:
-    """A frame count or a fraction, as the data layer's ``make_split`` takes them.
-
-    ``"1000"`` → 1000 frames, ``"0.8"`` → fraction 0.8, ``"1.0"`` → fraction 1.0 (all frames);
-    integral floats above 1 (``1e3`` in YAML) are counts.
+    ``requested`` is a full configuration (Python API) or a nested mapping of only the options the user
+    stated (command line and ``--config``). Only options declared FREE (max_epochs, max_time, patience,
+    progress) or MOVED (data: the caller checks the file's checksum) may differ; otherwise ValueError
+    names each option that differs with the run's value and the requested one.
     """
-    if isinstance(value, bool):
-        raise ValueError("expected a frame count or a fraction")
-    if isinstance(value, int):
-        return value
-    if not isinstance(value, float):
-        text = str(value).strip()
-        value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-        if isinstance(value, int):
-            return value
-    if value > 1:
-        if value.is_integer():
-            return int(value)
-        raise ValueError(f"{value} is neither a frame count (integer) nor a fraction (≤ 1)")
-    return value
+    return resume_merge(saved, requested)
 
 
-def parse_degrees(value: Any) -> tuple[int, ...]:
-    """``"1,2,3"``, ``[1, 2, 3]`` or ``3`` → (1, 2, 3) / (3,)."""
-    if isinstance(value, str):
-        parts = [p for p in re.split(r"[,\s]+", value.strip("[]() ")) if p]
-        return tuple(int(p) for p in parts)
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``3600``, ``"90s"``, ``"40m"``, ``"40min"``, ``"2h"`` or ``"1h30m"``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip().lower().replace(" ", "")
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        return float(text)
-    except ValueError:
-        pass
-    units = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
-    parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", text)
-    if not parts or "".join(n + u for n, u in parts) != text or any(u not in units for _, u in parts):
-        raise ValueError(f"cannot read the duration {value!r}; use seconds or e.g. 90s, 40m, 2h, 1h30m")
-    return sum(float(n) * units[u] for n, u in parts)
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(d).__name__}")
+    return d
+
+
+def yaml_options(path: str | Path) -> dict[str, Any]:
+    """The options written in a YAML file, checked (errors name the file), as a layer for
+    :func:`so3krates.options.merge`; a relative ``data`` path is taken relative to the file."""
+    d = _read_yaml(path)
+    TrainConfig.from_dict(d, where=str(path))
+    if d.get("data") is not None and not Path(d["data"]).is_absolute():
+        d["data"] = str((Path(path).parent / d["data"]).resolve())
+    return d
