@@ -45,5 +45,5 @@ def check_dtype(dtype: str, where: str) -> str:
 
 __getattr__ = moved(
     "so3krates.precision",
-    {"add_dtype_argument": "so3krates.cli.options", "dtype_for_run": "so3krates.run_dir"},
+    {"add_dtype_argument": "so3krates.cli.shared", "dtype_for_run": "so3krates.run_dir"},
 )

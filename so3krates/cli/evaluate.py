@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from so3krates.cli.options import add_dtype_argument
+from so3krates.cli.shared import add_dtype_argument
 from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
 from so3krates.run_dir import dtype_for_run
 from so3krates.train.evaluate import SPLITS

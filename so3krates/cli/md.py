@@ -22,7 +22,7 @@ from pathlib import Path
 import ase.io
 from tqdm import tqdm
 
-from so3krates.cli.options import add_dtype_argument, read_structure
+from so3krates.cli.shared import add_dtype_argument, read_structure
 from so3krates.inference import load_force_field
 from so3krates.md import engine as md_engine
 from so3krates.md.output import EnergyLog, TrajectoryWriter

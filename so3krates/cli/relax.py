@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from so3krates.cli.options import add_dtype_argument, read_structure
+from so3krates.cli.shared import add_dtype_argument, read_structure
 from so3krates.inference import load_force_field
 from so3krates.run_dir import dtype_for_run
 

@@ -1,4 +1,4 @@
-"""Command-line options shared by several subcommands."""
+"""What several subcommands share: the --dtype flag, reading the one structure --structure names."""
 
 from __future__ import annotations
 
