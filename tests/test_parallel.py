@@ -58,19 +58,20 @@ def child_equivalence(out: str) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from so3krates.train import parallel as par
+    from so3krates.train.batching import max_device_pad_sizes, split_for_devices, stack_batches
+    from so3krates.train.loss import eq35_structure_loss
     from so3krates.train.optim import make_optimizer
+    from so3krates.train.steps import init_train_state, make_train_step
 
     potential, variables, graphs = _problem()
     optimizer = make_optimizer(1.0)
     result = {}
     for d in (1, 2):
         mesh = par.make_mesh(par.select_devices(d))
-        step = par.make_parallel_train_step(
-            potential, optimizer, par.eq35_structure_loss(beta=0.9), mesh, ema_decay=0.99
-        )
-        state = par.replicate(par.init_train_state(variables["params"], optimizer), mesh)
-        sizes = par.max_device_pad_sizes(graphs, -(-len(graphs) // d))
-        batch = par.shard_batch(par.stack_batches(par.split_for_devices(graphs, d), sizes), mesh)
+        step = make_train_step(potential, optimizer, eq35_structure_loss(beta=0.9), mesh, ema_decay=0.99)
+        state = par.replicate(init_train_state(variables["params"], optimizer), mesh)
+        sizes = max_device_pad_sizes(graphs, -(-len(graphs) // d))
+        batch = par.shard_batch(stack_batches(split_for_devices(graphs, d), sizes), mesh)
         assert len(batch.positions.sharding.device_set) == d
         state, stats = step(state, par.replicate(variables["normalization"], mesh), batch, 1e-2)
         flat = jax.tree_util.tree_leaves(par.to_host(state.params))
@@ -86,19 +87,22 @@ def child_distributed(out: str, coordinator: str, process_id: int) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from so3krates.train import parallel as par
+    from so3krates.train.batching import max_device_pad_sizes, stack_batches
+    from so3krates.train.loss import eq35_structure_loss
     from so3krates.train.optim import make_optimizer
+    from so3krates.train.steps import init_train_state, make_train_step
 
     assert par.initialize_distributed(coordinator, 2, process_id)
     assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
     potential, variables, graphs = _problem()
     optimizer = make_optimizer(1.0)
     mesh = par.make_mesh(par.select_devices(None))
-    step = par.make_parallel_train_step(potential, optimizer, par.eq35_structure_loss(beta=0.9), mesh)
-    state = par.replicate(par.init_train_state(variables["params"], optimizer), mesh)
+    step = make_train_step(potential, optimizer, eq35_structure_loss(beta=0.9), mesh)
+    state = par.replicate(init_train_state(variables["params"], optimizer), mesh)
     normalization = par.replicate(variables["normalization"], mesh)
     mine = par.process_shard(np.arange(len(graphs)), jax.process_index(), jax.process_count())
-    sizes = par.max_device_pad_sizes(graphs, 4)
-    local = par.stack_batches([[graphs[i] for i in mine]], sizes)  # this process's one device
+    sizes = max_device_pad_sizes(graphs, 4)
+    local = stack_batches([[graphs[i] for i in mine]], sizes)  # this process's one device
     batch = par.shard_batch(local, mesh)
     losses = []
     for _ in range(3):
@@ -121,7 +125,8 @@ def _env() -> dict[str, str]:
 
 
 def test_process_shard_and_device_split():
-    from so3krates.train.parallel import process_shard, split_for_devices
+    from so3krates.train.batching import split_for_devices
+    from so3krates.train.parallel import process_shard
 
     idx = np.arange(10, 17)
     parts = [process_shard(idx, p, 3) for p in range(3)]
