@@ -41,8 +41,11 @@ def child(args: argparse.Namespace) -> dict:
     from so3krates.model.config import ModelConfig
     from so3krates.potential import Potential
     from so3krates.train import parallel as par
-    from so3krates.train.data import build_graphs
+    from so3krates.train.batching import max_device_pad_sizes, split_for_devices, stack_batches
+    from so3krates.train.loss import eq35_structure_loss
     from so3krates.train.optim import make_optimizer
+    from so3krates.train.pipeline import build_graphs
+    from so3krates.train.steps import init_train_state, make_train_step
 
     d = args.child
     frames = read_frames(datasets.path("ethanol"), index=f":{args.frames}")
@@ -52,15 +55,15 @@ def child(args: argparse.Namespace) -> dict:
     variables = jax.jit(potential.init)(jax.random.PRNGKey(0), collate(graphs[: args.batch_size]))
     optimizer = make_optimizer(1.0)
     mesh = par.make_mesh(par.select_devices(d))
-    step = par.make_parallel_train_step(potential, optimizer, par.eq35_structure_loss(0.99), mesh, ema_decay=0.999)
-    state = par.replicate(par.init_train_state(variables["params"], optimizer), mesh)
+    step = make_train_step(potential, optimizer, eq35_structure_loss(0.99), mesh, ema_decay=0.999)
+    state = par.replicate(init_train_state(variables["params"], optimizer), mesh)
     normalization = par.replicate(variables["normalization"], mesh)
-    sizes = par.max_device_pad_sizes(graphs, -(-args.batch_size // d))
+    sizes = max_device_pad_sizes(graphs, -(-args.batch_size // d))
     rng = np.random.default_rng(0)
 
     def batch() -> object:
         pick = rng.choice(len(graphs), args.batch_size, replace=False)
-        return par.shard_batch(par.stack_batches(par.split_for_devices([graphs[i] for i in pick], d), sizes), mesh)
+        return par.shard_batch(stack_batches(split_for_devices([graphs[i] for i in pick], d), sizes), mesh)
 
     t = time.perf_counter()
     state, stats = step(state, normalization, batch(), 1e-3)

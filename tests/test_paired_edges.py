@@ -14,7 +14,7 @@ from test_model_periodic import CELL, crystal
 from so3krates.graph import PadSizes, collate, edges_are_paired, make_graph, neighbour_list, pair_edges
 from so3krates.inference.neighbours import SkinNeighbourList
 from so3krates.model.config import ModelConfig
-from so3krates.train.parallel import stack_batches
+from so3krates.train.batching import stack_batches
 
 # Small enough to compile fast; r_cut longer than the test cell's vectors, so atoms see their own images.
 TINY = ModelConfig(

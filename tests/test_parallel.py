@@ -52,30 +52,40 @@ def _problem():  # noqa: ANN202 - child only
 
 
 def child_equivalence(out: str) -> None:
-    """One optimiser step on 1 and on 2 devices from the same state and global batch; save both."""
+    """One optimiser step without a mesh (plain batch), on 1 and on 2 devices from the same state and
+    global batch; save all three."""
     _setup(2)
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from so3krates.graph import collate
     from so3krates.train import parallel as par
+    from so3krates.train.batching import max_device_pad_sizes, max_pad_sizes, split_for_devices, stack_batches
+    from so3krates.train.loss import eq35_structure_loss
     from so3krates.train.optim import make_optimizer
+    from so3krates.train.steps import init_train_state, make_train_step
 
     potential, variables, graphs = _problem()
     optimizer = make_optimizer(1.0)
     result = {}
     for d in (1, 2):
         mesh = par.make_mesh(par.select_devices(d))
-        step = par.make_parallel_train_step(
-            potential, optimizer, par.eq35_structure_loss(beta=0.9), mesh, ema_decay=0.99
-        )
-        state = par.replicate(par.init_train_state(variables["params"], optimizer), mesh)
-        sizes = par.max_device_pad_sizes(graphs, -(-len(graphs) // d))
-        batch = par.shard_batch(par.stack_batches(par.split_for_devices(graphs, d), sizes), mesh)
+        step = make_train_step(potential, optimizer, eq35_structure_loss(beta=0.9), mesh, ema_decay=0.99)
+        state = par.replicate(init_train_state(variables["params"], optimizer), mesh)
+        sizes = max_device_pad_sizes(graphs, -(-len(graphs) // d))
+        batch = par.shard_batch(stack_batches(split_for_devices(graphs, d), sizes), mesh)
         assert len(batch.positions.sharding.device_set) == d
         state, stats = step(state, par.replicate(variables["normalization"], mesh), batch, 1e-2)
         flat = jax.tree_util.tree_leaves(par.to_host(state.params))
         result[d] = {"loss": float(stats["loss"]), "n": int(stats["n_structures"])}
         np.savez(Path(out) / f"params_{d}.npz", *flat)
+    # The single-device step: the same function, jitted without shardings, on a plain padded batch.
+    step = make_train_step(potential, optimizer, eq35_structure_loss(beta=0.9), None, ema_decay=0.99)
+    state = init_train_state(variables["params"], optimizer)
+    batch = collate(graphs, max_pad_sizes(graphs, len(graphs)))
+    state, stats = step(state, variables["normalization"], batch, 1e-2)
+    result[0] = {"loss": float(stats["loss"]), "n": int(stats["n_structures"])}
+    np.savez(Path(out) / "params_0.npz", *jax.tree_util.tree_leaves(jax.device_get(state.params)))
     (Path(out) / "stats.json").write_text(json.dumps(result))
 
 
@@ -86,19 +96,22 @@ def child_distributed(out: str, coordinator: str, process_id: int) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from so3krates.train import parallel as par
+    from so3krates.train.batching import max_device_pad_sizes, stack_batches
+    from so3krates.train.loss import eq35_structure_loss
     from so3krates.train.optim import make_optimizer
+    from so3krates.train.steps import init_train_state, make_train_step
 
     assert par.initialize_distributed(coordinator, 2, process_id)
     assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
     potential, variables, graphs = _problem()
     optimizer = make_optimizer(1.0)
     mesh = par.make_mesh(par.select_devices(None))
-    step = par.make_parallel_train_step(potential, optimizer, par.eq35_structure_loss(beta=0.9), mesh)
-    state = par.replicate(par.init_train_state(variables["params"], optimizer), mesh)
+    step = make_train_step(potential, optimizer, eq35_structure_loss(beta=0.9), mesh)
+    state = par.replicate(init_train_state(variables["params"], optimizer), mesh)
     normalization = par.replicate(variables["normalization"], mesh)
     mine = par.process_shard(np.arange(len(graphs)), jax.process_index(), jax.process_count())
-    sizes = par.max_device_pad_sizes(graphs, 4)
-    local = par.stack_batches([[graphs[i] for i in mine]], sizes)  # this process's one device
+    sizes = max_device_pad_sizes(graphs, 4)
+    local = stack_batches([[graphs[i] for i in mine]], sizes)  # this process's one device
     batch = par.shard_batch(local, mesh)
     losses = []
     for _ in range(3):
@@ -121,7 +134,8 @@ def _env() -> dict[str, str]:
 
 
 def test_process_shard_and_device_split():
-    from so3krates.train.parallel import process_shard, split_for_devices
+    from so3krates.train.batching import split_for_devices
+    from so3krates.train.parallel import process_shard
 
     idx = np.arange(10, 17)
     parts = [process_shard(idx, p, 3) for p in range(3)]
@@ -139,12 +153,14 @@ def test_two_devices_take_the_same_step_as_one(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["1"]["n"] == stats["2"]["n"] == 7
-    assert abs(stats["1"]["loss"] - stats["2"]["loss"]) < 1e-12 * max(1.0, abs(stats["1"]["loss"]))
-    one, two = np.load(tmp_path / "params_1.npz"), np.load(tmp_path / "params_2.npz")
+    assert stats["0"]["n"] == stats["1"]["n"] == stats["2"]["n"] == 7
+    for d in ("0", "2"):
+        assert abs(stats["1"]["loss"] - stats[d]["loss"]) < 1e-12 * max(1.0, abs(stats["1"]["loss"]))
+    plain, one, two = (np.load(tmp_path / f"params_{d}.npz") for d in range(3))
     assert len(one.files) > 5
     for key in one.files:
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(plain[key], one[key], rtol=0, atol=1e-10)
 
 
 @pytest.mark.slow

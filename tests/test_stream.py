@@ -145,7 +145,7 @@ def test_prepare_command_end_to_end(tmp_path, capsys):
 
 
 def test_the_training_data_helpers_accept_a_stream(tmp_path):
-    from so3krates.train.data import build_graphs, elements_of
+    from so3krates.train.pipeline import build_graphs, elements_of
 
     frames = _frames(5)
     data = StreamDataset(write_stream(frames, tmp_path / "s", progress=False))

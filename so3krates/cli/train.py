@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_same_data(config: TrainConfig, run_dir: Path) -> None:
     """Refuse to resume on a file that is not the one the run started with (checksum)."""
     from so3krates.run_dir import read_metadata
-    from so3krates.train.data import default_dataset_path, file_sha256
+    from so3krates.train.pipeline import default_dataset_path, file_sha256
 
     expected = read_metadata(run_dir).get("data_sha256")
     path = Path(config.data) if config.data else default_dataset_path()

@@ -24,9 +24,10 @@ from ase.data import chemical_symbols
 from so3krates import run_dir as rd
 from so3krates.data import Frames
 from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
-from so3krates.train.data import build_graphs, default_dataset_path, file_sha256, load_frames
+from so3krates.train.batching import max_pad_sizes
 from so3krates.train.loss import LossScales
-from so3krates.train.metrics import error_metrics, max_pad_sizes, predict_graphs
+from so3krates.train.metrics import error_metrics, predict_graphs
+from so3krates.train.pipeline import build_graphs, default_dataset_path, file_sha256, load_frames
 
 SPLITS = ("test", "valid", "train", "all")
 
@@ -101,58 +102,59 @@ def evaluate_model(
     units = metadata.get("units", {})
     energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))
     length_unit = length_unit_name(length_unit or units.get("length", "Å"))
-    keys = {
-        "energy": energy_key or train_config.get("energy_key"),
-        "forces": forces_key or train_config.get("forces_key"),
-        "stress": stress_key or train_config.get("stress_key"),
-    }
-    if data is None:
-        data = train_config.get("data") or default_dataset_path()
-    data = Path(data)
+    given = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
+    keys = [key or train_config.get(name) for name, key in given.items()]  # None: as in training
+    data = Path(data if data is not None else (train_config.get("data") or default_dataset_path()))
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not data.is_file():
         raise FileNotFoundError(f"{data}: no such data file")
     is_training_file = _same_file(data, metadata)
     split = split or ("test" if is_training_file else "all")
-    frames = load_frames(data, energy_unit, length_unit, keys["energy"], keys["forces"], keys["stress"])
+    frames = load_frames(data, energy_unit, length_unit, *keys)
     if frames.energy is None and frames.forces is None:
         raise ValueError(f"{data}: no energies and no forces: nothing to compare the predictions with")
-    if split == "all":
-        indices = np.arange(len(frames))
-    else:
-        if not is_training_file:
-            raise ValueError(
-                f"{data} is not the file {model_dir} was trained on ({metadata.get('data_source')}): "
-                f"its '{split}' split is not defined; use --split all"
-            )
-        indices = rd.read_split(model_dir)[split]
-        if len(indices) and int(indices.max()) >= len(frames):
-            raise ValueError(f"{model_dir / rd.SPLIT_FILE} refers to frame {int(indices.max())} beyond {data}")
-        if len(indices) == 0:
-            raise ValueError(f"the '{split}' split of {model_dir} is empty")
+    indices = _split_indices(model_dir, data, len(frames), split, is_training_file, metadata)
     check_known_elements(frames, indices, metadata.get("elements"))
-
-    config = potential.config
-    graphs = build_graphs(frames, indices, config.r_cut)
     compute_stress = frames.stress is not None and bool(frames.pbc[indices].any())
-    batch_size = max(1, min(batch_size, len(graphs)))
-    sizes = max_pad_sizes(graphs, batch_size, config.nonlocal_correction)
-    start = time.perf_counter()
-    pred = predict_graphs(
-        lambda b: potential.energy_forces(variables, b, compute_stress=compute_stress),
-        graphs,
-        sizes,
-        batch_size,
-        all_pairs=config.nonlocal_correction,
-    )
-    seconds = time.perf_counter() - start
+    pred, seconds = _predict(potential, variables, frames, indices, batch_size, compute_stress)
     scales = LossScales.from_units(energy_factor(energy_unit), length_factor(length_unit))
     numbers = [frames.numbers[int(i)] for i in indices]
     energy_ref = None if frames.energy is None else frames.energy[indices]
     forces_ref = None if frames.forces is None else [frames.forces[int(i)] for i in indices]
     stress_ref = frames.stress[indices] if compute_stress else None
-    metrics = error_metrics(
+    metrics = _error_figures(numbers, scales, energy_ref, forces_ref, stress_ref, pred)
+    metrics = {
+        "model": str(model_dir),
+        "data": str(data),
+        "split": split,
+        "units": {"energy": energy_unit, "length": length_unit},
+        "prediction_seconds": seconds,
+        **metrics,
+    }
+    if not write:
+        return Evaluation(metrics=metrics, indices=np.asarray(indices), out_dir=None)
+    if out_dir is None:
+        out_dir = model_dir / (f"evaluation_{split}" if is_training_file else f"evaluation_{data.name.split('.')[0]}")
+    result_dir = Path(out_dir)
+    result_dir.mkdir(parents=True, exist_ok=True)
+    rd.atomic_write_text(result_dir / "metrics.json", json.dumps(_finite(metrics), indent=2, ensure_ascii=False))
+    _write_predictions(result_dir / "predictions.npz", indices, numbers, scales, energy_ref, forces_ref, pred)
+    if plot:
+        parity_plot(result_dir / "parity.png", scales, energy_unit, length_unit, energy_ref, forces_ref, pred)
+    return Evaluation(metrics=metrics, indices=np.asarray(indices), out_dir=result_dir)
+
+
+def _error_figures(
+    numbers: list[np.ndarray],
+    scales: LossScales,
+    energy_ref: np.ndarray | None,
+    forces_ref: list[np.ndarray] | None,
+    stress_ref: np.ndarray | None,
+    pred: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`~so3krates.train.metrics.error_metrics` of the labels present, per formula too."""
+    return error_metrics(
         numbers,
         scales,
         energy_ref=energy_ref,
@@ -163,27 +165,44 @@ def evaluate_model(
         stress_pred=pred.get("stress") if stress_ref is not None else None,
         per_formula=True,
     )
-    metrics = {
-        "model": str(model_dir),
-        "data": str(data),
-        "split": split,
-        "units": {"energy": energy_unit, "length": length_unit},
-        "prediction_seconds": seconds,
-        **metrics,
-    }
-    result_dir = None
-    if write:
-        if out_dir is None:
-            out_dir = model_dir / (
-                f"evaluation_{split}" if is_training_file else f"evaluation_{data.name.split('.')[0]}"
-            )
-        result_dir = Path(out_dir)
-        result_dir.mkdir(parents=True, exist_ok=True)
-        rd.atomic_write_text(result_dir / "metrics.json", json.dumps(_finite(metrics), indent=2, ensure_ascii=False))
-        _write_predictions(result_dir / "predictions.npz", indices, numbers, scales, energy_ref, forces_ref, pred)
-        if plot:
-            parity_plot(result_dir / "parity.png", scales, energy_unit, length_unit, energy_ref, forces_ref, pred)
-    return Evaluation(metrics=metrics, indices=np.asarray(indices), out_dir=result_dir)
+
+
+def _split_indices(
+    model_dir: Path, data: Path, n_frames: int, split: str, is_training_file: bool, metadata: dict[str, Any]
+) -> np.ndarray:
+    """Frame indices of ``split`` ("all": every frame; else the run's saved split of its training file)."""
+    if split == "all":
+        return np.arange(n_frames)
+    if not is_training_file:
+        raise ValueError(
+            f"{data} is not the file {model_dir} was trained on ({metadata.get('data_source')}): "
+            f"its '{split}' split is not defined; use --split all"
+        )
+    indices = rd.read_split(model_dir)[split]
+    if len(indices) and int(indices.max()) >= n_frames:
+        raise ValueError(f"{model_dir / rd.SPLIT_FILE} refers to frame {int(indices.max())} beyond {data}")
+    if len(indices) == 0:
+        raise ValueError(f"the '{split}' split of {model_dir} is empty")
+    return indices
+
+
+def _predict(
+    potential: Any, variables: Any, frames: Frames, indices: np.ndarray, batch_size: int, compute_stress: bool
+) -> tuple[dict[str, Any], float]:
+    """Predictions for the frames at ``indices`` in padded batches, and the seconds they took."""
+    config = potential.config
+    graphs = build_graphs(frames, indices, config.r_cut)
+    batch_size = max(1, min(batch_size, len(graphs)))
+    sizes = max_pad_sizes(graphs, batch_size, config.nonlocal_correction)
+    start = time.perf_counter()
+    pred = predict_graphs(
+        lambda b: potential.energy_forces(variables, b, compute_stress=compute_stress),
+        graphs,
+        sizes,
+        batch_size,
+        all_pairs=config.nonlocal_correction,
+    )
+    return pred, time.perf_counter() - start
 
 
 def _same_file(path: Path, metadata: dict[str, Any]) -> bool:

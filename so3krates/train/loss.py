@@ -19,6 +19,7 @@ subtracted the reference energy Σ_i shift[z_i] + c in float64
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from so3krates.graph import Batch
 
 Array = jax.Array
+StructureLossFn = Callable[[dict[str, Array], Batch], Array]
 
 
 class LossScales(NamedTuple):
@@ -91,6 +93,22 @@ def structure_loss(errors: StructureErrors, beta: float, stress_weight: float = 
     return (1.0 - beta) * errors.energy + beta * errors.forces + stress_weight * errors.stress
 
 
+def eq35_structure_loss(beta: float, stress_weight: float = 0.0, scales: LossScales | None = None) -> StructureLossFn:
+    """The per-structure loss L_k of eq. 35 as a function ``(pred, batch) -> (G,)`` (for the train steps)."""
+    scales = scales or UNIT_SCALES
+
+    def fn(pred: dict[str, Array], batch: Batch) -> Array:
+        return structure_loss(structure_errors(pred, batch, scales), beta, stress_weight)
+
+    return fn
+
+
+def masked_mean(per_structure: Array, graph_mask: Array) -> tuple[Array, Array]:
+    """Mean of ``per_structure`` over the real structures (any shape: (G,) or stacked (D, G)), and their count."""
+    n_real = jnp.maximum(jnp.sum(graph_mask), 1)
+    return jnp.sum(jnp.where(graph_mask, per_structure, 0.0)) / n_real, n_real
+
+
 def batch_loss(
     pred: dict[str, Array],
     batch: Batch,
@@ -99,6 +117,4 @@ def batch_loss(
     scales: LossScales = UNIT_SCALES,
 ) -> Array:
     """Eq. 35 averaged over the real structures of the batch (a scalar)."""
-    per_structure = structure_loss(structure_errors(pred, batch, scales), beta, stress_weight)
-    n_real = jnp.maximum(jnp.sum(batch.graph_mask), 1)
-    return jnp.sum(jnp.where(batch.graph_mask, per_structure, 0.0)) / n_real
+    return masked_mean(eq35_structure_loss(beta, stress_weight, scales)(pred, batch), batch.graph_mask)[0]

@@ -1,8 +1,8 @@
 """Predictions over many structures and their error figures (host side, numpy).
 
-Shared by validation during training and by ``so3krates evaluate``. Errors are reported in the
-user's units: energies divided by the size of one energy unit in eV, forces by one energy unit per
-length unit, and so on.
+Shared by validation during training (:func:`validation_metrics`) and by ``so3krates evaluate``. Errors
+are reported in the user's units: energies divided by the size of one energy unit in eV, forces by one
+energy unit per length unit, and so on.
 """
 
 from __future__ import annotations
@@ -16,32 +16,10 @@ from ase.data import chemical_symbols
 from ase.formula import Formula
 
 from so3krates.graph import Graph, PadSizes, collate
+from so3krates.potential import residual_energy_graphs, traced_variables
+from so3krates.train import batching
+from so3krates.train._deprecated import moved_names
 from so3krates.train.loss import LossScales
-
-
-def max_pad_sizes(graphs: Sequence[Graph], batch_size: int, all_pairs: bool = False) -> PadSizes:
-    """Padded sizes that fit *any* ``batch_size`` of ``graphs``: the largest atoms, edges and pairs.
-
-    One shape for every batch of an epoch means one jit compilation for the whole run, at the price
-    of padding when structure sizes vary a lot.
-    """
-    from so3krates.graph import bucket
-
-    b = min(batch_size, len(graphs))
-    atoms = sorted((g.n_atoms for g in graphs), reverse=True)[:b]
-    edges = sorted((g.n_edges for g in graphs), reverse=True)[:b]
-    pairs = sorted((g.n_atoms * (g.n_atoms - 1) for g in graphs), reverse=True)[:b] if all_pairs else [0]
-    return PadSizes(
-        n_atoms=bucket(sum(atoms) + 1),
-        n_edges=bucket(sum(edges) + 1),
-        n_graphs=batch_size + 1,
-        n_pairs=bucket(sum(pairs) + 1) if all_pairs else 0,
-    )
-
-
-def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive chunks of ``indices`` (the last may be shorter)."""
-    return [indices[k : k + batch_size] for k in range(0, len(indices), batch_size)]
 
 
 def predict_graphs(
@@ -60,7 +38,7 @@ def predict_graphs(
     energy: list[np.ndarray] = []
     forces: list[np.ndarray] = []
     per_graph: dict[str, list[np.ndarray]] = defaultdict(list)
-    for chunk in batches(np.arange(len(graphs)), batch_size):
+    for chunk in batching.batches(np.arange(len(graphs)), batch_size):
         members = [graphs[i] for i in chunk]
         out = fn(collate(members, sizes, all_pairs=all_pairs))
         out = {k: np.asarray(v) for k, v in out.items()}
@@ -149,3 +127,44 @@ def error_metrics(
             if values:
                 out[f"structure_averaged_{key}"] = float(np.mean(values))
     return out
+
+
+def validation_metrics(
+    eval_step: Callable[[Any, Any], dict[str, Any]],
+    variables: Any,
+    graphs: Sequence[Graph],
+    sizes: PadSizes,
+    batch_size: int,
+    all_pairs: bool,
+    scales: LossScales,
+) -> dict[str, Any]:
+    """Eq. 35 loss and error figures (user's units) of ``variables`` on ``graphs`` with ``eval_step``
+    (:func:`so3krates.train.steps.make_eval_step`).
+
+    Energies are compared as residuals E − (Σ_i shift[z_i] + c) (float64 on the host) with the model's
+    interaction energies: the same errors as of the totals, without float32's rounding of the totals.
+    """
+    graphs = residual_energy_graphs(graphs, variables["normalization"])
+    traced = traced_variables(variables)
+    pred = predict_graphs(lambda b: eval_step(traced, b), graphs, sizes, batch_size, all_pairs=all_pairs)
+    has_e = graphs[0].energy is not None
+    has_f = graphs[0].forces is not None
+    has_s = graphs[0].stress is not None and "stress" in pred
+    metrics = error_metrics(
+        [g.numbers for g in graphs],
+        scales,
+        energy_ref=np.array([g.energy for g in graphs]) if has_e else None,
+        energy_pred=pred["energy"] if has_e else None,
+        forces_ref=[g.forces for g in graphs] if has_f else None,
+        forces_pred=pred["forces"] if has_f else None,
+        stress_ref=np.array([g.stress for g in graphs]) if has_s else None,
+        stress_pred=pred.get("stress") if has_s else None,
+    )
+    metrics.pop("n_structures", None)
+    metrics.pop("n_atoms", None)
+    return {"loss": float(np.mean(pred["loss"])), **metrics}
+
+
+__getattr__ = moved_names(
+    __name__, {"max_pad_sizes": "so3krates.train.batching", "batches": "so3krates.train.batching"}
+)

@@ -17,8 +17,13 @@ shifts and c are float64 and added on the host (``so3krates.potential.reference_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+# The per-element energy shift and force scale are fitted on at most this many training frames (a
+# random subset of a larger set): enough for a handful of numbers, and streams never load everything.
+NORMALISATION_FRAMES = 50_000
 
 
 def composition_matrix(numbers: Sequence[np.ndarray], max_atomic_number: int) -> np.ndarray:
@@ -79,6 +84,26 @@ def initial_normalization(
     }
 
 
+def normalization_from_frames(
+    frames: Any,
+    indices: np.ndarray,
+    max_atomic_number: int,
+    dtype: str,
+    seed: int,
+    max_frames: int = NORMALISATION_FRAMES,
+) -> dict[str, np.ndarray]:
+    """:func:`initial_normalization` of ``frames`` at ``indices`` (a seeded subset of ``max_frames`` if more)."""
+    if len(indices) > max_frames:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, max_frames, replace=False))
+    return initial_normalization(
+        [frames.numbers[int(i)] for i in indices],
+        None if frames.energy is None else np.asarray(frames.energy[indices]),
+        None if frames.forces is None else [frames.forces[int(i)] for i in indices],
+        max_atomic_number,
+        dtype,
+    )
+
+
 def energy_constant(reference: np.ndarray, predicted: np.ndarray) -> float:
     """c = mean(E_ref − E_pred) (A.14, eq. 37): the least-squares constant added to every energy."""
     reference = np.asarray(reference, dtype=np.float64)
@@ -86,3 +111,23 @@ def energy_constant(reference: np.ndarray, predicted: np.ndarray) -> float:
     if reference.size == 0:
         return 0.0
     return float(np.mean(reference - predicted))
+
+
+def residual_energies(frames: Any, indices: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """E_k − Σ_i shift[z_i] of the frames at ``indices``, in float64: what c (A.14) is fitted to."""
+    shift = np.asarray(shift, np.float64)
+    return np.asarray(frames.energy[indices], np.float64) - np.array(
+        [shift[frames.numbers[int(k)]].sum() for k in indices]
+    )
+
+
+def energy_constant_of_shards(reference: np.ndarray, predicted: np.ndarray) -> float:
+    """:func:`energy_constant` over every process's shard (each passes its own; the same c comes back)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return energy_constant(reference, predicted)
+    from jax.experimental import multihost_utils
+
+    sums = multihost_utils.process_allgather(np.array([np.sum(reference - predicted), len(reference)]))
+    return float(np.sum(sums[:, 0]) / max(np.sum(sums[:, 1]), 1))
