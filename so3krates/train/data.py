@@ -1,9 +1,9 @@
 """Deprecated: the training data helpers moved to :mod:`so3krates.train.pipeline` (this path goes away in
 the next release)."""
 
-from so3krates.train._deprecated import moved_names
+from so3krates.deprecation import moved
 
-__getattr__ = moved_names(
+__getattr__ = moved(
     __name__,
     {
         name: "so3krates.train.pipeline"

@@ -24,6 +24,7 @@ from ase.data import chemical_symbols
 from so3krates import run_dir as rd
 from so3krates.data import Frames
 from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
+from so3krates.inference import load_force_field
 from so3krates.train.batching import max_pad_sizes
 from so3krates.train.loss import LossScales
 from so3krates.train.metrics import error_metrics, predict_graphs
@@ -94,10 +95,9 @@ def evaluate_model(
     Raises:
         ValueError: a split of a file the model was not trained on, unknown elements, unlabelled data.
     """
-    from so3krates.run_dir import load_run
-
     model_dir = Path(model_dir)
-    potential, variables, metadata = load_run(model_dir, dtype)
+    force_field = load_force_field(model_dir, dtype)
+    potential, variables, metadata = force_field.potential, force_field.variables, force_field.metadata
     train_config = rd.read_config(model_dir)
     units = metadata.get("units", {})
     energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))
@@ -123,15 +123,9 @@ def evaluate_model(
     energy_ref = None if frames.energy is None else frames.energy[indices]
     forces_ref = None if frames.forces is None else [frames.forces[int(i)] for i in indices]
     stress_ref = frames.stress[indices] if compute_stress else None
-    metrics = _error_figures(numbers, scales, energy_ref, forces_ref, stress_ref, pred)
-    metrics = {
-        "model": str(model_dir),
-        "data": str(data),
-        "split": split,
-        "units": {"energy": energy_unit, "length": length_unit},
-        "prediction_seconds": seconds,
-        **metrics,
-    }
+    units = {"energy": energy_unit, "length": length_unit}
+    where = {"model": str(model_dir), "data": str(data), "split": split, "units": units, "prediction_seconds": seconds}
+    metrics = {**where, **_error_figures(numbers, scales, energy_ref, forces_ref, stress_ref, pred)}
     if not write:
         return Evaluation(metrics=metrics, indices=np.asarray(indices), out_dir=None)
     if out_dir is None:

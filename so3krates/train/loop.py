@@ -42,10 +42,10 @@ from so3krates import run_dir as rd
 from so3krates.data import Frames
 from so3krates.data.stream import StreamDataset
 from so3krates.data.units import energy_factor, length_factor
+from so3krates.deprecation import moved
 from so3krates.potential import traced_variables
 from so3krates.precision import enable_float64
 from so3krates.train import parallel as par
-from so3krates.train._deprecated import moved_names
 from so3krates.train.batching import epoch_chunks
 from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from so3krates.train.config import TrainConfig
@@ -62,7 +62,7 @@ from so3krates.train.records import (
     start_run_directory,
     training_summary,
 )
-from so3krates.train.startup import Model, Steps, build_model, place_steps
+from so3krates.train.startup import Steps, TrainingSetup, build_model, place_steps, run_configuration
 from so3krates.train.stopping import Interrupted, early_stop, out_of_time, sigterm_interrupts
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
@@ -102,7 +102,7 @@ class _Run:
     run_dir: Path
     data: TrainingData
     shapes: BatchShapes
-    model: Model
+    model: TrainingSetup
     steps: Steps
     scales: LossScales  # the user's units: reported errors
     log: Callable[[str], None]
@@ -150,7 +150,8 @@ def train(
         config: every option (see :class:`TrainConfig`); ``config.data`` None means the bundled dataset.
         run_dir: output directory (created). Must not already hold a run unless ``resume``.
         resume: continue the run in ``run_dir`` from ``checkpoint_latest.msgpack`` (with its split).
-            The caller passes the run's saved configuration (possibly with a new max_epochs/max_time).
+            ``config`` must equal the run's saved one except in what may change on resume (max_epochs,
+            max_time, patience, progress, the data's path); anything else is refused, naming it.
         frames: already-read data (eV, Å) or an open stream; by default ``config.data`` is read with the
             data layer (a stream directory is opened memory-mapped).
         log: where progress lines go (tqdm bars go to stderr when ``config.progress``).
@@ -161,8 +162,7 @@ def train(
     """
     clock = time.perf_counter()
     run_dir, writes = Path(run_dir), par.is_writer()
-    if not resume and any((run_dir / name).exists() for name in (CHECKPOINT_FILE, rd.WEIGHTS_FILE, rd.CONFIG_FILE)):
-        raise ValueError(f"{run_dir} already contains a training run; use --resume to continue it or another --out")
+    config = run_configuration(run_dir, config, resume)
     par.sync_processes("so3krates train: start")  # all have checked run_dir before process 0 writes into it
     if not writes:
         log, config = _silent, config.replace(progress=False)
@@ -388,16 +388,11 @@ def _silent(line: str) -> None:
     """The log of processes other than 0: their lines would repeat process 0's."""
 
 
-__getattr__ = moved_names(
+_RECORDS, _STEPS = "so3krates.train.records", "so3krates.train.steps"
+__getattr__ = moved(
     __name__,
-    {
-        "make_steps": "so3krates.train.steps",
-        "TrainState": "so3krates.train.steps",
-        "write_metrics_csv": "so3krates.train.records",
-        "plot_learning_curve": "so3krates.train.records",
-        "METRICS_FILE": "so3krates.train.records",
-        "CURVE_FILE": "so3krates.train.records",
-        "TENSORBOARD_DIR": "so3krates.train.records",
-        "NORMALISATION_FRAMES": "so3krates.train.normalisation",
-    },
+    {"make_steps": _STEPS, "TrainState": _STEPS, "NORMALISATION_FRAMES": "so3krates.train.normalisation"}
+    | dict.fromkeys(
+        ("write_metrics_csv", "plot_learning_curve", "METRICS_FILE", "CURVE_FILE", "TENSORBOARD_DIR"), _RECORDS
+    ),
 )

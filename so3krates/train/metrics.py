@@ -15,10 +15,10 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.formula import Formula
 
+from so3krates.deprecation import moved
 from so3krates.graph import Graph, PadSizes, collate
 from so3krates.potential import residual_energy_graphs, traced_variables
 from so3krates.train import batching
-from so3krates.train._deprecated import moved_names
 from so3krates.train.loss import LossScales
 
 
@@ -165,6 +165,4 @@ def validation_metrics(
     return {"loss": float(np.mean(pred["loss"])), **metrics}
 
 
-__getattr__ = moved_names(
-    __name__, {"max_pad_sizes": "so3krates.train.batching", "batches": "so3krates.train.batching"}
-)
+__getattr__ = moved(__name__, {"max_pad_sizes": "so3krates.train.batching", "batches": "so3krates.train.batching"})

@@ -30,8 +30,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from so3krates.deprecation import moved
 from so3krates.graph import Batch, PadSizes
-from so3krates.train._deprecated import moved_names
 
 Array = jax.Array
 AXIS = "data"
@@ -188,7 +188,7 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-__getattr__ = moved_names(
+__getattr__ = moved(
     __name__,
     {
         "split_for_devices": "so3krates.train.batching",

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from so3krates import run_dir as rd
 from so3krates.graph import collate
 from so3krates.potential import Potential, traced_variables
 from so3krates.train import parallel as par
 from so3krates.train.batching import max_device_pad_sizes
 from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from so3krates.train.config import TrainConfig
+from so3krates.train.config import TrainConfig, resume_config
 from so3krates.train.loss import LossScales
 from so3krates.train.normalisation import normalization_from_frames
 from so3krates.train.optim import LearningRateSchedule, make_optimizer
@@ -26,9 +27,21 @@ from so3krates.train.pipeline import BatchCollator, BatchShapes, TrainingData
 from so3krates.train.steps import DeviceStep, TrainState, make_steps
 
 
+def run_configuration(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """The configuration to train ``run_dir`` with: a new run must not overwrite one; a resumed run keeps
+    its saved configuration except what may change on resume (:func:`~so3krates.train.config.resume_config`
+    names every other option that differs)."""
+    if not resume and any((run_dir / name).exists() for name in (CHECKPOINT_FILE, rd.WEIGHTS_FILE, rd.CONFIG_FILE)):
+        raise ValueError(f"{run_dir} already contains a training run; use --resume to continue it or another --out")
+    if resume and (run_dir / rd.CONFIG_FILE).exists():
+        saved = TrainConfig.from_dict(rd.read_config(run_dir), where=str(run_dir / rd.CONFIG_FILE))
+        config = resume_config(saved, config)
+    return config
+
+
 @dataclass(frozen=True)
-class Model:
-    """The model of a run.
+class TrainingSetup:
+    """What a run trains: the potential, the optimiser, the normalisation and the initial weights.
 
     Attributes:
         potential: the model.  optimizer: clipped Adam's direction.
@@ -65,7 +78,7 @@ def build_model(
     schedule: LearningRateSchedule,
     resume_dir: Path | None,
     log: Callable[[str], None],
-) -> tuple[Model, Checkpoint]:
+) -> tuple[TrainingSetup, Checkpoint]:
     """The model with its normalisation from the training set, and the state to start from: fresh
     weights, or the checkpoint in ``resume_dir`` (whose schedule state is loaded into ``schedule``)."""
     potential = Potential(config.model)
@@ -94,7 +107,7 @@ def build_model(
     )
     if resume_dir is not None:
         ckpt = _resumed(resume_dir, ckpt, opt_state, schedule, log)
-    return Model(potential, optimizer, ckpt.normalization, params, all_pairs), ckpt
+    return TrainingSetup(potential, optimizer, ckpt.normalization, params, all_pairs), ckpt
 
 
 def _resumed(
@@ -114,7 +127,7 @@ def _resumed(
 
 
 def place_steps(
-    model: Model,
+    model: TrainingSetup,
     config: TrainConfig,
     data: TrainingData,
     shapes: BatchShapes,
