@@ -39,6 +39,7 @@ __all__ = [
     "pad_sizes_for",
     "pair_edges",
     "paired_slots",
+    "stackable",
 ]
 
 
@@ -233,6 +234,18 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
         edges_paired=paired,
         r_cut=float(min(cutoffs)) if cutoffs else None,
     )
+
+
+def stackable(batches: Sequence[Batch]) -> list[Batch]:
+    """``batches`` with the same static fields, so that they stack into one pytree (one per device).
+
+    The paired edge layout only if every batch has it (the plain layout is valid for paired edges too),
+    and the smallest recorded cutoff (an empty, all-padding batch records none).
+    """
+    paired = all(b.edges_paired for b in batches)
+    cutoffs = [b.r_cut for b in batches if b.r_cut is not None]
+    r_cut = min(cutoffs) if cutoffs else None
+    return [b.replace(edges_paired=paired, r_cut=r_cut) for b in batches]
 
 
 def _padded_fields(N: int, E: int, G: int) -> dict[str, np.ndarray]:

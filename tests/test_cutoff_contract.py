@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from model_helpers import model, random_molecule
 
-from so3krates.graph import Graph, PadSizes, collate, make_graph
+from so3krates.graph import Graph, PadSizes, collate, make_graph, stackable
 from so3krates.model.config import ModelConfig
 
 CONFIG = ModelConfig(features=8, num_layers=1, degrees=(1, 2), num_heads=2, r_cut=5.0, dtype="float64")
@@ -30,6 +30,18 @@ def test_graphs_and_batches_record_their_cutoff():
     batch = collate([a])
     assert len(jax.tree_util.tree_leaves(batch)) == len(jax.tree_util.tree_leaves(collate([bare])))
     assert batch.replace(r_cut=None).r_cut is None
+
+
+def test_batches_made_stackable_share_their_static_fields():
+    pos, z = molecule()
+    sizes = PadSizes(n_atoms=16, n_edges=64, n_graphs=2)
+    parts = [collate([make_graph(pos, z, 5.0)], sizes), collate([], sizes)]  # an empty part: no cutoff
+    with pytest.raises(ValueError):
+        jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+    parts = stackable(parts)
+    assert [p.r_cut for p in parts] == [5.0, 5.0]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+    assert stacked.positions.shape == (2, 16, 3) and stacked.r_cut == 5.0
 
 
 def test_smaller_graph_cutoff_is_refused():
