@@ -6,8 +6,9 @@ that ``jit`` sees only a few distinct shapes. Padding atoms live in a padding gr
 padding edges join a padding atom to itself, and every mask is False there, so padding changes
 nothing in the energies and forces of the real structures.
 
-Neighbour lists come from vesin (a compiled library): molecules, periodic cells of any shape and
-cells smaller than 2·r_cut (several images of the same atom are then neighbours).
+Neighbour lists come from :mod:`so3krates.neighbour_list` (vesin), input checks from
+:mod:`so3krates.validation`. A graph and a batch record the cutoff their neighbour lists were built with
+(``r_cut``), and the potential refuses a batch built with a smaller cutoff than its own.
 """
 
 from __future__ import annotations
@@ -18,128 +19,28 @@ from dataclasses import dataclass
 
 import flax.struct
 import numpy as np
-import vesin
 
-MIN_DISTANCE = 0.1  # Å: closer atoms are almost surely a corrupted structure, not chemistry
-MAX_ATOMIC_NUMBER = 118
+from so3krates.neighbour_list import edges_are_paired, neighbour_list, pair_edges, paired_slots
+from so3krates.validation import MAX_ATOMIC_NUMBER, MIN_DISTANCE, check_structure
 
-
-def neighbour_list(
-    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_cut: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full neighbour list (both i→j and j→i) within r_cut, with periodic images.
-
-    Args:
-        positions: (n, 3) Å.
-        cell: (3, 3) lattice vectors as rows, Å (ignored where pbc is False).
-        pbc: (3,) bools.
-        r_cut: cutoff, Å.
-    Returns:
-        (i, j, shifts): int arrays (E,), (E,) and (E, 3) such that
-        r_ij = positions[j] − positions[i] + shifts @ cell, sorted by i.
-    """
-    pbc = np.asarray(pbc, dtype=bool)
-    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-    calculator = vesin.NeighborList(cutoff=float(r_cut), full_list=True, sorted=True)
-    i, j, shifts = calculator.compute(
-        points=np.asarray(positions, dtype=np.float64),
-        box=box,
-        periodic=pbc if pbc.any() else False,
-        quantities="ijS",
-    )
-    return i.astype(np.int32), j.astype(np.int32), shifts.astype(np.int32)
-
-
-def pair_edges(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Order of a full neighbour list that puts every edge opposite its reverse: with m = len(i) // 2,
-    edge k < m is i→j with shift S and edge m + k is j→i with shift −S.
-
-    The model evaluates what depends on the distance alone (radial filters, eq. 16) once per pair on the
-    first half and reuses it for the second (``Batch.edges_paired``). A full list is symmetric, so every
-    edge has its reverse; for an atom and its own periodic image (i = j) the edge with the
-    lexicographically positive shift goes first.
-
-    Returns:
-        (E,) permutation of the edges.
-    Raises:
-        ValueError: if some edge has no reverse (not a full neighbour list).
-    """
-    i, j, shifts = np.asarray(i), np.asarray(j), np.asarray(shifts).reshape(-1, 3)
-    nonzero = shifts != 0
-    first = np.argmax(nonzero, axis=1)  # first non-zero component of the shift (0 if none)
-    positive_shift = np.take_along_axis(shifts, first[:, None], axis=1)[:, 0] > 0
-    forward = (i < j) | ((i == j) & positive_shift)
-    fwd, rev = np.flatnonzero(forward), np.flatnonzero(~forward)
-    # Sort both halves by the same key, (i, j, S) of the forward edge and (j, i, −S) of the reverse.
-    fwd = fwd[np.lexsort((*shifts[fwd].T[::-1], j[fwd], i[fwd]))]
-    rev = rev[np.lexsort((*(-shifts[rev]).T[::-1], i[rev], j[rev]))]
-    if (
-        len(fwd) != len(rev)
-        or not np.array_equal(i[fwd], j[rev])
-        or not np.array_equal(j[fwd], i[rev])
-        or not np.array_equal(shifts[fwd], -shifts[rev])
-    ):
-        raise ValueError("the neighbour list is not symmetric: some edge i→j has no edge j→i")
-    return np.concatenate([fwd, rev])
-
-
-def edges_are_paired(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> bool:
-    """True if the edges are ordered as :func:`pair_edges` orders them (each opposite its reverse)."""
-    m, odd = divmod(len(i), 2)
-    return (
-        not odd
-        and np.array_equal(i[:m], j[m:])
-        and np.array_equal(j[:m], i[m:])
-        and np.array_equal(shifts[:m], -shifts[m:])
-    )
-
-
-def paired_slots(start: int, count: int, capacity: int) -> np.ndarray:
-    """Where ``count`` paired edges (see :func:`pair_edges`) go in a padded array of ``capacity`` edges
-    laid out as ``Batch.edges_paired`` says: their forward half from ``start // 2``, their reverse half at
-    the same place in the second half of the array. ``start`` is the number of edges placed before them."""
-    half, first = capacity // 2, start // 2
-    return np.r_[first : first + count // 2, half + first : half + first + count // 2]
-
-
-def check_structure(
-    positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray, where: str = "structure"
-) -> None:
-    """Raise a clear ``ValueError`` for input the model cannot meaningfully evaluate.
-
-    Checks: finite coordinates, atomic numbers in 1..118, non-degenerate periodic cell, and no two
-    atoms (or periodic images) closer than 0.1 Å. ``where`` names the structure in the message.
-    """
-    positions = np.asarray(positions)
-    numbers = np.asarray(numbers)
-    if positions.ndim != 2 or positions.shape[1] != 3 or len(numbers) != len(positions):
-        raise ValueError(
-            f"{where}: positions must have shape (n_atoms, 3) matching {len(numbers)} atomic numbers, "
-            f"got {positions.shape}"
-        )
-    if len(numbers) == 0:
-        raise ValueError(f"{where}: the structure has no atoms")
-    bad = ~np.isfinite(positions).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{where}: atom {int(np.argmax(bad))} has NaN or infinite coordinates")
-    out = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)
-    if out.any():
-        k = int(np.argmax(out))
-        raise ValueError(f"{where}: atom {k} has atomic number {int(numbers[k])}, outside 1..118")
-    if np.any(pbc):
-        if not np.isfinite(cell).all():
-            raise ValueError(f"{where}: the cell has NaN or infinite entries")
-        volume = abs(np.linalg.det(cell))
-        if volume < 1e-6:
-            raise ValueError(f"{where}: the periodic cell has zero volume (det = {volume:.3g} Å³)")
-    i, j, shifts = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
-    if len(i):
-        d = np.linalg.norm(positions[j] - positions[i] + shifts @ np.asarray(cell), axis=1)
-        k = int(np.argmin(d))
-        raise ValueError(
-            f"{where}: atoms {int(i[k])} and {int(j[k])} are {d[k]:.3g} Å apart (closer than "
-            f"{MIN_DISTANCE} Å): overlapping atoms"
-        )
+__all__ = [
+    "MAX_ATOMIC_NUMBER",
+    "MIN_DISTANCE",
+    "Batch",
+    "Graph",
+    "PadSizes",
+    "bucket",
+    "check_structure",
+    "collate",
+    "edges_are_paired",
+    "graph_from_atoms",
+    "make_graph",
+    "neighbour_list",
+    "pad_sizes_for",
+    "pair_edges",
+    "paired_slots",
+    "stackable",
+]
 
 
 @dataclass
@@ -152,6 +53,7 @@ class Graph:
             with :func:`pair_edges` (the second half reverses the first).
         edge_shift: (E, 3) integer cell shifts, r_ij = r_j − r_i + edge_shift @ cell.
         energy: scalar or None.  forces: (n, 3) or None.  stress: (3, 3) or None.
+        r_cut: the cutoff the edges were built with, Å: they hold every pair closer than it (None: not known).
     """
 
     positions: np.ndarray
@@ -164,6 +66,7 @@ class Graph:
     energy: float | None = None
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
+    r_cut: float | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -186,7 +89,8 @@ def make_graph(
     where: str = "structure",
     check: bool = True,
 ) -> Graph:
-    """Validate a structure and build its neighbour list (see :func:`check_structure`)."""
+    """Validate a structure (:func:`~so3krates.validation.check_structure`) and build its neighbour list
+    within ``r_cut``, paired (:func:`~so3krates.neighbour_list.pair_edges`)."""
     positions = np.asarray(positions, dtype=np.float64)
     numbers = np.asarray(numbers, dtype=np.int32)
     cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
@@ -195,7 +99,7 @@ def make_graph(
         check_structure(positions, numbers, cell, pbc, where)
     i, j, shifts = neighbour_list(positions, cell, pbc, r_cut)
     order = pair_edges(i, j, shifts)
-    return Graph(positions, numbers, cell, pbc, i[order], j[order], shifts[order], energy, forces, stress)
+    return Graph(positions, numbers, cell, pbc, i[order], j[order], shifts[order], energy, forces, stress, float(r_cut))
 
 
 def graph_from_atoms(atoms, r_cut: float, where: str = "structure", check: bool = True) -> Graph:  # noqa: ANN001
@@ -229,6 +133,8 @@ class Batch:
             the batch was built with ``all_pairs=True`` (for the non-local correction, eq. 14).
         edges_paired: static; True if edge e < E/2 and edge E/2 + e are each other's reverse (padding
             edges included), so that the model computes per-pair quantities on the first half only.
+        r_cut: static; the cutoff the edges were built with, Å (the smallest of the graphs' that record
+            one; None: not known). The potential refuses a batch whose r_cut is below its own.
     """
 
     positions: np.ndarray
@@ -253,6 +159,7 @@ class Batch:
     pair_j: np.ndarray
     pair_mask: np.ndarray
     edges_paired: bool = flax.struct.field(pytree_node=False, default=False)
+    r_cut: float | None = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def num_graphs(self) -> int:
@@ -312,96 +219,105 @@ def collate(graphs: Sequence[Graph], sizes: PadSizes | None = None, all_pairs: b
             f"batch of {len(graphs)} structures ({n_real_atoms} atoms, {n_real_edges} edges) does not "
             f"fit the padded sizes {sizes} (one padding atom and one padding graph are required)"
         )
-    pad_atom, pad_graph = N - 1, G - 1
-
-    positions = np.zeros((N, 3))
-    numbers = np.zeros(N, np.int32)
-    node_graph = np.full(N, pad_graph, np.int32)
-    node_mask = np.zeros(N, bool)
-    forces = np.zeros((N, 3))
-    edge_i = np.full(E, pad_atom, np.int32)
-    edge_j = np.full(E, pad_atom, np.int32)
-    edge_shift = np.zeros((E, 3), np.int32)
-    edge_mask = np.zeros(E, bool)
-    cell = np.zeros((G, 3, 3))
-    pbc = np.zeros((G, 3), bool)
-    graph_mask = np.zeros(G, bool)
-    n_atoms = np.zeros(G, np.int32)
-    energy = np.zeros(G)
-    stress = np.zeros((G, 3, 3))
-    has_energy = np.zeros(G, bool)
-    has_forces = np.zeros(G, bool)
-    has_stress = np.zeros(G, bool)
-    pair_lists: list[tuple[np.ndarray, np.ndarray]] = []
     # Paired layout (each graph's forward edges in the first half, their reverses at the same place in
     # the second) when every graph's edges are paired, as make_graph builds them.
     paired = E % 2 == 0 and all(edges_are_paired(g.edge_i, g.edge_j, g.edge_shift) for g in graphs)
-
-    a = e = 0
-    for g, graph in enumerate(graphs):
-        n, m = graph.n_atoms, graph.n_edges
-        positions[a : a + n] = graph.positions
-        numbers[a : a + n] = graph.numbers
-        node_graph[a : a + n] = g
-        node_mask[a : a + n] = True
-        place = paired_slots(e, m, E) if paired else np.arange(e, e + m)
-        edge_i[place] = graph.edge_i + a
-        edge_j[place] = graph.edge_j + a
-        edge_shift[place] = graph.edge_shift
-        edge_mask[place] = True
-        cell[g] = graph.cell
-        pbc[g] = graph.pbc
-        graph_mask[g] = True
-        n_atoms[g] = n
-        if graph.energy is not None:
-            energy[g], has_energy[g] = graph.energy, True
-        if graph.forces is not None:
-            forces[a : a + n], has_forces[g] = graph.forces, True
-        if graph.stress is not None:
-            stress[g], has_stress[g] = graph.stress, True
-        if all_pairs:
-            ii, jj = np.nonzero(~np.eye(n, dtype=bool))
-            pair_lists.append((ii + a, jj + a))
-        a += n
-        e += m
-    # Padding atoms and graphs get a unit cell so that no volume or inverse is ever zero.
-    cell[len(graphs) :] = np.eye(3)
-
-    if all_pairs:
-        pi = np.concatenate([p[0] for p in pair_lists]) if pair_lists else np.zeros(0, np.int32)
-        pj = np.concatenate([p[1] for p in pair_lists]) if pair_lists else np.zeros(0, np.int32)
-        P = max(sizes.n_pairs, 1)
-        if len(pi) > P:
-            raise ValueError(f"{len(pi)} atom pairs do not fit the padded size {P}")
-        pair_i = np.full(P, pad_atom, np.int32)
-        pair_j = np.full(P, pad_atom, np.int32)
-        pair_mask = np.zeros(P, bool)
-        pair_i[: len(pi)], pair_j[: len(pj)], pair_mask[: len(pi)] = pi, pj, True
-    else:
-        pair_i = pair_j = np.zeros(0, np.int32)
-        pair_mask = np.zeros(0, bool)
-
+    fields = _padded_fields(N, E, G)
+    _place_graphs(fields, graphs, paired)
+    pair_i, pair_j, pair_mask = _all_pairs(graphs, sizes, N - 1) if all_pairs else _no_pairs()
+    cutoffs = [g.r_cut for g in graphs if g.r_cut is not None]
     return Batch(
-        positions=positions,
-        numbers=numbers,
-        node_graph=node_graph,
-        node_mask=node_mask,
-        edge_i=edge_i,
-        edge_j=edge_j,
-        edge_shift=edge_shift,
-        edge_mask=edge_mask,
-        cell=cell,
-        pbc=pbc,
-        graph_mask=graph_mask,
-        n_atoms=n_atoms,
-        energy=energy,
-        forces=forces,
-        stress=stress,
-        has_energy=has_energy,
-        has_forces=has_forces,
-        has_stress=has_stress,
+        **fields,
         pair_i=pair_i,
         pair_j=pair_j,
         pair_mask=pair_mask,
         edges_paired=paired,
+        r_cut=float(min(cutoffs)) if cutoffs else None,
     )
+
+
+def stackable(batches: Sequence[Batch]) -> list[Batch]:
+    """``batches`` with the same static fields, so that they stack into one pytree (one per device).
+
+    The paired edge layout only if every batch has it (the plain layout is valid for paired edges too),
+    and the smallest recorded cutoff (an empty, all-padding batch records none).
+    """
+    paired = all(b.edges_paired for b in batches)
+    cutoffs = [b.r_cut for b in batches if b.r_cut is not None]
+    r_cut = min(cutoffs) if cutoffs else None
+    return [b.replace(edges_paired=paired, r_cut=r_cut) for b in batches]
+
+
+def _padded_fields(N: int, E: int, G: int) -> dict[str, np.ndarray]:
+    """The arrays of an all-padding batch of N atoms, E edges and G graphs (no all-pairs lists).
+
+    Padding edges join the last (padding) atom to itself; every padding atom is in the last graph;
+    every graph has a unit cell, so that no volume or inverse is ever zero.
+    """
+    return {
+        "positions": np.zeros((N, 3)),
+        "numbers": np.zeros(N, np.int32),
+        "node_graph": np.full(N, G - 1, np.int32),
+        "node_mask": np.zeros(N, bool),
+        "edge_i": np.full(E, N - 1, np.int32),
+        "edge_j": np.full(E, N - 1, np.int32),
+        "edge_shift": np.zeros((E, 3), np.int32),
+        "edge_mask": np.zeros(E, bool),
+        "cell": np.tile(np.eye(3), (G, 1, 1)),
+        "pbc": np.zeros((G, 3), bool),
+        "graph_mask": np.zeros(G, bool),
+        "n_atoms": np.zeros(G, np.int32),
+        "energy": np.zeros(G),
+        "forces": np.zeros((N, 3)),
+        "stress": np.zeros((G, 3, 3)),
+        "has_energy": np.zeros(G, bool),
+        "has_forces": np.zeros(G, bool),
+        "has_stress": np.zeros(G, bool),
+    }
+
+
+def _place_graphs(fields: dict[str, np.ndarray], graphs: Sequence[Graph], paired: bool) -> None:
+    """Write the atoms, edges and labels of ``graphs`` into the padded arrays, in order."""
+    f = fields
+    E = len(f["edge_i"])
+    a = e = 0
+    for g, graph in enumerate(graphs):
+        n, m = graph.n_atoms, graph.n_edges
+        atoms = slice(a, a + n)
+        f["positions"][atoms], f["numbers"][atoms] = graph.positions, graph.numbers
+        f["node_graph"][atoms], f["node_mask"][atoms] = g, True
+        place = paired_slots(e, m, E) if paired else np.arange(e, e + m)
+        f["edge_i"][place], f["edge_j"][place] = graph.edge_i + a, graph.edge_j + a
+        f["edge_shift"][place], f["edge_mask"][place] = graph.edge_shift, True
+        f["cell"][g], f["pbc"][g], f["graph_mask"][g], f["n_atoms"][g] = graph.cell, graph.pbc, True, n
+        if graph.energy is not None:
+            f["energy"][g], f["has_energy"][g] = graph.energy, True
+        if graph.forces is not None:
+            f["forces"][atoms], f["has_forces"][g] = graph.forces, True
+        if graph.stress is not None:
+            f["stress"][g], f["has_stress"][g] = graph.stress, True
+        a += n
+        e += m
+
+
+def _no_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, bool)
+
+
+def _all_pairs(graphs: Sequence[Graph], sizes: PadSizes, pad_atom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair_i, pair_j, pair_mask) of all ordered pairs i ≠ j within each graph, padded to ``sizes.n_pairs``."""
+    lists, a = [], 0
+    for graph in graphs:
+        ii, jj = np.nonzero(~np.eye(graph.n_atoms, dtype=bool))
+        lists.append((ii + a, jj + a))
+        a += graph.n_atoms
+    pi = np.concatenate([p[0] for p in lists]) if lists else np.zeros(0, np.int32)
+    pj = np.concatenate([p[1] for p in lists]) if lists else np.zeros(0, np.int32)
+    P = max(sizes.n_pairs, 1)
+    if len(pi) > P:
+        raise ValueError(f"{len(pi)} atom pairs do not fit the padded size {P}")
+    pair_i = np.full(P, pad_atom, np.int32)
+    pair_j = np.full(P, pad_atom, np.int32)
+    pair_mask = np.zeros(P, bool)
+    pair_i[: len(pi)], pair_j[: len(pj)], pair_mask[: len(pi)] = pi, pj, True
+    return pair_i, pair_j, pair_mask

@@ -38,6 +38,7 @@ from so3krates.model.config import ModelConfig
 from so3krates.model.layers import RadialTable
 from so3krates.model.so3krates import So3krates, interaction_energy, tabulate_radial_filters
 from so3krates.runtime import cpu_memory
+from so3krates.validation import check_cutoff, check_known_elements
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -169,8 +170,10 @@ class Potential:
 
         Differentiable with respect to ``variables["params"]``: training takes gradients of a loss on
         these forces (a second derivative of the energy). ``radial_table`` (see :meth:`tabulate`) swaps
-        the radial filter MLPs for their interpolation table: for inference only.
+        the radial filter MLPs for their interpolation table: for inference only. Refuses a batch built with
+        a smaller cutoff than the model's (:meth:`check_cutoff`; static, so checked when traced).
         """
+        self.check_cutoff(batch)
         positions = jnp.asarray(batch.positions, self.dtype)
         num_graphs = batch.graph_mask.shape[0]
         strain = jnp.zeros((num_graphs, 3, 3), self.dtype)
@@ -199,16 +202,17 @@ class Potential:
     def check_elements(self, batch: Batch) -> None:
         """Refuse atomic numbers beyond the embedding table (checked on the host, before jit)."""
         if isinstance(batch.numbers, np.ndarray) and batch.numbers.size:
-            z = int(batch.numbers.max())
-            if z > self.config.max_atomic_number:
-                raise ValueError(
-                    f"atomic number {z} is outside the model's element embedding "
-                    f"(max_atomic_number = {self.config.max_atomic_number})"
-                )
+            check_known_elements(batch.numbers, None, self.config.max_atomic_number, where="batch")
+
+    def check_cutoff(self, batch: Batch) -> None:
+        """Refuse a batch whose neighbour lists were built with a smaller cutoff than the model's
+        (``batch.r_cut``, static; None: not known, not checked)."""
+        check_cutoff(batch.r_cut, self.config.r_cut, where="batch")
 
     def energy(self, variables: Variables, batch: Batch) -> np.ndarray:
         """Total energy per structure, (G,) float64 (jitted model, reference energy added on the host)."""
         self.check_elements(batch)
+        self.check_cutoff(batch)
         _, atomic = self._energy(traced_variables(variables), batch)
         return total_energy(atomic, variables["normalization"], batch)
 
@@ -228,6 +232,7 @@ class Potential:
         ``radial_table=potential.tabulate(variables)``: several times fewer FLOPs per edge.
         """
         self.check_elements(batch)
+        self.check_cutoff(batch)
         out = dict(
             self._energy_forces(
                 traced_variables(variables), batch, compute_stress=compute_stress, radial_table=radial_table

@@ -11,11 +11,12 @@ A stream directory holds (M frames, A = Σ n_i atoms; eV and Å, as :class:`~so3
     forces.npy       (A, 3) float64, eV/Å        (only if the data has forces)
     stress.npy       (M, 3, 3) float64, eV/Å³    (only if the data has stress)
 
-:func:`write_stream` appends chunks of :class:`Frames` (so the input never has to fit in memory at once)
-and writes each ``.npy`` header last. :class:`StreamDataset` opens the arrays with ``mmap_mode="r"``:
-only the pages of the frames actually read are loaded. It quacks like ``Frames`` for code that indexes
-``positions[i]``, ``numbers[i]``, ``forces[i]``, ``energy``, ``cell``, ``pbc``, ``stress`` and ``len()``,
-and its :meth:`StreamDataset.prefetch` builds frames or graphs of the next batches in a background thread.
+:func:`write_stream` (:mod:`so3krates.data.stream_writer`) appends chunks of :class:`Frames` (so the
+input never has to fit in memory at once) and writes each ``.npy`` header last. :class:`StreamDataset`
+opens the arrays with ``mmap_mode="r"``: only the pages of the frames actually read are loaded. It quacks
+like ``Frames`` for code that indexes ``positions[i]``, ``numbers[i]``, ``forces[i]``, ``energy``,
+``cell``, ``pbc``, ``stress`` and ``len()``, and its :meth:`StreamDataset.prefetch` builds frames or
+graphs of the next batches in a background thread (:class:`~so3krates.data.prefetch.Prefetcher`).
 
 This module depends on numpy and the data layer (and ``so3krates.graph`` for graphs), never on the model.
 """
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import struct
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,20 @@ from typing import Any
 import numpy as np
 
 from so3krates.data.frames import Frames
+from so3krates.data.prefetch import Prefetcher
+from so3krates.data.stream_writer import FORMAT, META_FILE, VERSION, write_stream
 
-FORMAT = "so3krates-stream"
-VERSION = 1
-META_FILE = "meta.json"
-_HEADER_BYTES = 256  # reserved .npy header (magic + length + dict), rewritten once the shape is known
-_LABELS = ("energy", "forces", "stress")
+__all__ = [
+    "FORMAT",
+    "META_FILE",
+    "VERSION",
+    "Frame",
+    "Prefetcher",
+    "RaggedView",
+    "StreamDataset",
+    "is_stream",
+    "write_stream",
+]
 
 
 @dataclass
@@ -58,131 +64,6 @@ class Frame:
     @property
     def n_atoms(self) -> int:
         return len(self.numbers)
-
-
-# -- writing ------------------------------------------------------------------------------------------
-
-
-class _NpyAppender:
-    """An ``.npy`` file written row block by row block; the header (with the final shape) goes in last."""
-
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
-        self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), row_shape, 0
-        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.file.write(b"\0" * _HEADER_BYTES)
-
-    def append(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype).reshape(-1, *self.row_shape)
-        self.file.write(block.tobytes())
-        self.rows += len(block)
-
-    def close(self) -> None:
-        shape = (self.rows, *self.row_shape)
-        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
-        prefix = b"\x93NUMPY\x01\x00"
-        body_len = _HEADER_BYTES - len(prefix) - 2
-        body = header.encode("latin1")
-        if len(body) + 1 > body_len:
-            raise ValueError(f"{self.path}: .npy header too long for shape {shape}")
-        body = body + b" " * (body_len - len(body) - 1) + b"\n"
-        self.file.seek(0)
-        self.file.write(prefix + struct.pack("<H", body_len) + body)
-        self.file.close()
-
-
-def write_stream(
-    frames: Frames | Iterable[Frames], out_dir: str | os.PathLike, progress: bool = True, source: str | None = None
-) -> Path:
-    """Write frames (one :class:`Frames` or an iterable of chunks) to the stream directory ``out_dir``.
-
-    Every chunk must carry the same labels (energy, forces, stress). Files are written to a temporary
-    directory next to ``out_dir`` and renamed at the end, so an interrupted run leaves no half stream.
-
-    Args:
-        frames: the data, eV and Å (as read by ``so3krates.data.read_frames``).
-        out_dir: the directory to create (must not exist or be empty).
-        progress: show a tqdm bar over frames.
-        source: recorded in ``meta.json`` (default: the chunks' ``source``).
-    Returns:
-        ``Path(out_dir)``.
-    """
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not an empty directory")
-    chunks: Iterable[Frames] = [frames] if isinstance(frames, Frames) else frames
-    tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for old in tmp.iterdir():
-        old.unlink()
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=f"writing {out.name}", unit=" frames", disable=not progress)
-    files = {
-        "positions": _NpyAppender(tmp / "positions.npy", np.float64, (3,)),
-        "numbers": _NpyAppender(tmp / "numbers.npy", np.uint8, ()),
-        "cell": _NpyAppender(tmp / "cell.npy", np.float64, (3, 3)),
-        "pbc": _NpyAppender(tmp / "pbc.npy", np.bool_, (3,)),
-        "offsets": _NpyAppender(tmp / "offsets.npy", np.int64, ()),
-    }
-    labels: dict[str, bool] | None = None
-    sources: list[str] = []
-    n_frames = n_atoms = 0
-    files["offsets"].append(np.zeros(1, np.int64))
-    try:
-        for k, chunk in enumerate(chunks):
-            have = {key: getattr(chunk, key) is not None for key in _LABELS}
-            if labels is None:
-                labels = have
-                for key, row in (("energy", ()), ("forces", (3,)), ("stress", (3, 3))):
-                    if have[key]:
-                        files[key] = _NpyAppender(tmp / f"{key}.npy", np.float64, row)
-            elif have != labels:
-                raise ValueError(
-                    f"chunk {k} ({chunk.source or 'no source'}) has labels "
-                    f"{[x for x in _LABELS if have[x]]}, earlier chunks {[x for x in _LABELS if labels[x]]}"
-                )
-            if chunk.source and chunk.source not in sources:
-                sources.append(chunk.source)
-            if len(chunk) == 0:
-                continue
-            for z in chunk.numbers:
-                if len(z) and (z.min() < 1 or z.max() > 255):
-                    raise ValueError(f"{chunk.source}: atomic numbers must be in 1..255 for the stream format")
-            counts = chunk.n_atoms
-            files["positions"].append(np.concatenate(chunk.positions))
-            files["numbers"].append(np.concatenate(chunk.numbers))
-            files["cell"].append(chunk.cell)
-            files["pbc"].append(chunk.pbc)
-            files["offsets"].append(n_atoms + np.cumsum(counts))
-            if labels["energy"]:
-                files["energy"].append(chunk.energy)
-            if labels["forces"]:
-                files["forces"].append(np.concatenate(chunk.forces))
-            if labels["stress"]:
-                files["stress"].append(chunk.stress)
-            n_frames += len(chunk)
-            n_atoms += int(counts.sum())
-            bar.update(len(chunk))
-    finally:
-        for f in files.values():
-            f.close()
-        bar.close()
-    labels = labels or dict.fromkeys(_LABELS, False)
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "n_frames": n_frames,
-        "n_atoms": n_atoms,
-        "labels": [key for key in _LABELS if labels[key]],
-        "units": {"energy": "eV", "length": "Å"},
-        "source": source if source is not None else " + ".join(sources),
-    }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    return out
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -357,68 +238,3 @@ class StreamDataset:
                 return self.graphs(idx, r_cut)
 
         return Prefetcher(load, index_batches, depth)
-
-
-_DONE = object()
-
-
-class Prefetcher(Iterator):
-    """Runs ``load(item)`` for each item of ``items`` in a daemon thread, ``depth`` results ahead.
-
-    Errors in the thread are raised in the consumer at the batch where they happened.
-    """
-
-    def __init__(self, load: Any, items: Iterable[Any], depth: int = 2) -> None:
-        if depth < 1:
-            raise ValueError(f"prefetch depth must be ≥ 1, got {depth}")
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=self._work, args=(load, iter(items)), daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self, load: Any, items: Iterator[Any]) -> None:
-        try:
-            for item in items:
-                if self._stop.is_set() or not self._put(("ok", load(item))):
-                    return
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            self._put(("error", err))
-            return
-        self._put(("done", _DONE))
-
-    def __iter__(self) -> Prefetcher:
-        return self
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        kind, value = self._queue.get()
-        if kind == "ok":
-            return value
-        self._finished = True
-        self._thread.join()
-        if kind == "error":
-            raise value
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the background thread (pending results are dropped)."""
-        self._stop.set()
-        self._finished = True
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
