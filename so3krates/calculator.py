@@ -213,7 +213,13 @@ class So3kratesCalculator(Calculator):
             check_close_pairs(positions, cell, neighbours)
         if new_system or neighbours.capacity != self._template.edge_i.shape[0]:
             self._template = template_batch(
-                positions, numbers, cell, pbc, neighbours, all_pairs=self.potential.config.nonlocal_correction
+                positions,
+                numbers,
+                cell,
+                pbc,
+                neighbours,
+                all_pairs=self.potential.config.nonlocal_correction,
+                r_cut=self.neighbour_list.r_cut,
             )
         else:
             self._template = with_neighbours(self._template, neighbours)

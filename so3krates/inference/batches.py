@@ -33,11 +33,14 @@ def template_batch(
     pbc: np.ndarray,
     neighbours: Neighbours,
     all_pairs: bool = False,
+    r_cut: float | None = None,
 ) -> Batch:
     """A one-structure batch of fixed padded sizes with the edges of ``neighbours``.
 
     The atom padding is :func:`padded_atoms`; padding edges of ``neighbours`` must point at the last
     (padding) atom, as :class:`~so3krates.inference.neighbours.SkinNeighbourList` does with ``pad_atom``.
+    ``r_cut``: the cutoff within which ``neighbours`` holds every pair (recorded in the batch and checked
+    against the model's; None: not known).
     """
     n = len(numbers)
     graph = Graph(
@@ -48,6 +51,7 @@ def template_batch(
         edge_i=np.zeros(0, np.int32),
         edge_j=np.zeros(0, np.int32),
         edge_shift=np.zeros((0, 3), np.int32),
+        r_cut=r_cut,
     )
     sizes = PadSizes(
         n_atoms=padded_atoms(n),

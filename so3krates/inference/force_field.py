@@ -16,11 +16,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ase.data import chemical_symbols
 
 from so3krates.potential import Potential, Variables
 from so3krates.run_dir import load_run
+from so3krates.validation import check_known_elements
 
 Array = jax.Array
 
@@ -53,30 +53,13 @@ class ForceField:
         return ForceField(potential, variables, self.elements, self.metadata)
 
     def check_elements(self, numbers: Iterable[int], where: str = "structure") -> None:
-        """Refuse elements the model never saw (its predictions for them would be meaningless)."""
-        numbers = np.asarray(list(numbers), dtype=np.int64)
-        check_elements(numbers, self.elements, where)
-        z_max = self.potential.config.max_atomic_number
-        if numbers.size and int(numbers.max()) > z_max:
-            raise ValueError(f"{where}: atomic number {int(numbers.max())} is beyond the model's embedding (≤ {z_max})")
+        """Refuse elements the force field never saw (its predictions for them would be meaningless)."""
+        check_known_elements(numbers, self.elements, self.potential.config.max_atomic_number, where)
 
 
 def check_elements(numbers: Iterable[int], elements: Sequence[int] | None, where: str = "structure") -> None:
-    """Raise ``ValueError`` naming the elements of ``numbers`` that are not in ``elements``."""
-    if elements is None:
-        return
-    unknown = sorted(set(int(z) for z in np.unique(np.asarray(list(numbers)))) - set(int(z) for z in elements))
-    if unknown:
-        names = ", ".join(f"{_symbol(z)} (Z={z})" for z in unknown)
-        known = ", ".join(_symbol(z) for z in sorted(elements))
-        raise ValueError(
-            f"{where} contains element(s) {names} that the model was not trained on (it knows: {known}); "
-            "its energies and forces would be meaningless"
-        )
-
-
-def _symbol(z: int) -> str:
-    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}"
+    """Raise ``ValueError`` naming the elements of ``numbers`` that are not in ``elements`` (None: all known)."""
+    check_known_elements(numbers, elements, None, where)
 
 
 def _elements_from_metadata(metadata: dict[str, Any]) -> tuple[int, ...] | None:

@@ -21,7 +21,8 @@ import flax.struct
 import jax
 import numpy as np
 
-from so3krates.graph import MIN_DISTANCE, bucket, neighbour_list, pair_edges, paired_slots
+from so3krates.graph import bucket, neighbour_list, pair_edges, paired_slots
+from so3krates.validation import check_pair_distances
 
 Array = jax.Array
 
@@ -120,19 +121,12 @@ def check_close_pairs(
 ) -> None:
     """Raise ``ValueError`` if two listed atoms (or images) are closer than ``MIN_DISTANCE`` (0.1 Å).
 
-    The same criterion and message as :func:`so3krates.graph.check_structure`, but from a list that is
+    The same rule as :func:`so3krates.validation.check_no_overlap`, but from a list that is
     already built (its radius r_cut + skin ≫ 0.1 Å, so it holds every such pair): checking a rebuilt list
     costs one pass over its edges instead of another neighbour search.
     """
     mask = np.asarray(neighbours.edge_mask)
-    if not mask.any():
-        return
     i, j = np.asarray(neighbours.edge_i)[mask], np.asarray(neighbours.edge_j)[mask]
     shifts = np.asarray(neighbours.edge_shift)[mask]
     d = np.linalg.norm(positions[j] - positions[i] + shifts @ np.asarray(cell, np.float64), axis=1)
-    k = int(np.argmin(d))
-    if d[k] < MIN_DISTANCE:
-        raise ValueError(
-            f"{where}: atoms {int(i[k])} and {int(j[k])} are {d[k]:.3g} Å apart (closer than "
-            f"{MIN_DISTANCE} Å): overlapping atoms"
-        )
+    check_pair_distances(i, j, d, where)

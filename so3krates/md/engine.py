@@ -146,6 +146,7 @@ class JaxMD:
             self.pbc,
             host_neighbours,
             all_pairs=model.potential.config.nonlocal_correction,
+            r_cut=self.neighbour_list.r_cut,
         )
         self._params = {
             "variables": model.variables,

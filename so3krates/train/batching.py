@@ -14,7 +14,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
-from so3krates.graph import Batch, Graph, PadSizes, bucket, collate
+from so3krates.graph import Batch, Graph, PadSizes, bucket, collate, stackable
 
 
 class Sized(Protocol):
@@ -92,7 +92,4 @@ def stack_batches(parts: Sequence[Sequence[Graph]], sizes: PadSizes, all_pairs: 
     An empty part becomes an all-padding batch (it contributes nothing to the loss).
     """
     collated = [collate(list(part), sizes, all_pairs=all_pairs) for part in parts]
-    # One static edge layout for all parts (the plain one is valid for paired edges too), so that they stack.
-    paired = all(b.edges_paired for b in collated)
-    collated = [b.replace(edges_paired=paired) for b in collated]
-    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *collated)
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *stackable(collated))

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.data import chemical_symbols
 
 from so3krates import run_dir as rd
+from so3krates import validation
 from so3krates.data import Frames
 from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
 from so3krates.inference import load_force_field
@@ -52,15 +52,8 @@ def check_known_elements(frames: Frames, indices: np.ndarray, elements: list[int
     """Refuse structures with elements the model never saw: its predictions for them are meaningless."""
     if not elements:
         return
-    known = set(int(z) for z in elements)
     for i in indices:
-        unknown = sorted(set(int(z) for z in np.unique(frames.numbers[int(i)])) - known)
-        if unknown:
-            names = ", ".join(chemical_symbols[z] for z in unknown)
-            raise ValueError(
-                f"{frames.source}: frame {int(i)} contains element(s) {names} that the model was never trained on "
-                f"(it knows {', '.join(chemical_symbols[z] for z in sorted(known))})"
-            )
+        validation.check_known_elements(frames.numbers[int(i)], elements, None, f"{frames.source}: frame {int(i)}")
 
 
 def evaluate_model(

@@ -28,6 +28,7 @@ from so3krates.potential import residual_energy_graphs
 from so3krates.train.batching import max_pad_sizes, split_for_devices, stack_batches
 from so3krates.train.config import TrainConfig
 from so3krates.train.parallel import agree_pad_sizes, process_shard
+from so3krates.validation import check_known_elements
 
 DEFAULT_DATASET = "ethanol"
 
@@ -258,8 +259,7 @@ def _checked_elements(
             f"warning: element(s) {symbols(unseen_test)} occur only in test frames; the model will not know them "
             "and evaluation will refuse those frames"
         )
-    if max(elements) > max_atomic_number:
-        raise ValueError(f"{path}: atomic number {max(elements)} exceeds the model's max_atomic_number")
+    check_known_elements(elements, None, max_atomic_number, str(path))
     return elements
 
 
