@@ -29,7 +29,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from so3krates.compile import jit
 from so3krates.graph import check_structure
-from so3krates.inference.batches import energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
+from so3krates.inference.batches import energy_forces_fn, padded_atoms, template_batch
 from so3krates.inference.force_field import ForceField
 from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
@@ -130,9 +130,8 @@ class JaxMD:
             all_pairs=model.potential.config.nonlocal_correction,
         )
         self._params = {
-            "variables": model.variables,
+            "variables": model.potential.prepare(model.variables, tabulate),
             "template": jax.device_put(self._template_host),
-            "radial_table": radial_table(model.potential, model.variables, tabulate),
         }
         self.neighbours = self._to_device(host_neighbours)
 
@@ -151,7 +150,7 @@ class JaxMD:
         # init_fn: the same padded shapes as the calculator's, so its compiled function is reused.
         batch = self._template_host.replace(positions=self._template_host.positions.copy())
         batch.positions[: self.n_atoms] = positions
-        initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
+        initial = model.potential.energy_forces(self._params["variables"], batch)
         self._reference_energy = float(reference_energy(model.variables["normalization"], batch)[0])
         self.state = MDState(
             positions=jnp.asarray(positions, self.dtype),
