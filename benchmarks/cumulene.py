@@ -283,7 +283,8 @@ def neighbourhood_weights(chi: np.ndarray, layout: DegreeLayout, kappa: float = 
     :func:`sphc_neighbourhood_weight`; returns the (n, n) matrix (zero diagonal)."""
     import jax.numpy as jnp
 
-    from so3krates.model.layers import Pairs, sphc_neighbourhood_weight
+    from so3krates.model.layers import Pairs
+    from so3krates.model.nonlocal_correction import sphc_neighbourhood_weight
 
     n = chi.shape[0]
     i, j = np.nonzero(~np.eye(n, dtype=bool))

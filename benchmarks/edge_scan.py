@@ -42,7 +42,7 @@ def main() -> None:
     potential = Potential(ModelConfig(features=132, num_layers=6, degrees=(1, 2, 3), num_heads=4, r_cut=5.0))
     sizes = pad_sizes_for(graphs)
     variables = potential.init(jax.random.PRNGKey(0), collate(graphs, sizes))
-    table = None if args.exact else potential.tabulate(variables)
+    variables = potential.prepare(variables, tabulate=not args.exact)
     real_edges = sum(g.n_edges for g in graphs)
 
     rows = []
@@ -50,8 +50,8 @@ def main() -> None:
         if n_edges < real_edges:
             continue
         batch = jax.device_put(collate(graphs, dataclasses.replace(sizes, n_edges=n_edges)))
-        jax.block_until_ready(potential.energy_forces(variables, batch, radial_table=table))
-        ms = median_ms(lambda batch=batch: potential.energy_forces(variables, batch, radial_table=table), args.repeats)
+        jax.block_until_ready(potential.energy_forces(variables, batch))
+        ms = median_ms(lambda batch=batch: potential.energy_forces(variables, batch), args.repeats)
         # One (E, F) float32 array of per-edge features: how much of the cache a single one takes.
         array_kib = n_edges * potential.config.features * 4 / 1024
         rows.append({"padded_edges": n_edges, "ms": ms, "us_per_slot": ms / n_edges * 1e3, "edge_array_kib": array_kib})

@@ -131,7 +131,7 @@ def run_efa_block(n_atoms: int, max_length: float, repeats: int) -> dict:
     batch = jax.device_put(collate([make_graph(positions, numbers, config.r_cut)]))
     x = jax.random.normal(jax.random.PRNGKey(1), (batch.numbers.shape[0], config.features), np.float32)
     pos = jax.numpy.asarray(batch.positions, np.float32)
-    module = EfaUpdate(config, layer=0)
+    module = EfaUpdate(config)
     params = jax.jit(module.init)(jax.random.PRNGKey(0), x, pos, batch)
 
     def loss(pos, x):

@@ -34,7 +34,7 @@ from so3krates import runtime
 from so3krates.compile import jit
 from so3krates.graph import collate, make_graph
 from so3krates.model.config import ModelConfig
-from so3krates.potential import Potential
+from so3krates.potential import RADIAL_TABLE, Potential
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -141,7 +141,7 @@ def predict_fn(potential: Potential):  # noqa: ANN201 (a function of (variables,
     that jitting it does not bake the table into the program as a constant."""
 
     def predict(variables, batch, table):  # noqa: ANN001, ANN202
-        return potential.predict(variables, batch, radial_table=table)
+        return potential.predict(variables if table is None else {**variables, RADIAL_TABLE: table}, batch)
 
     return predict
 
@@ -154,9 +154,9 @@ def toluene_protocol(potential: Potential, repeats: int) -> dict:
     jax.block_until_ready(potential.energy_forces(variables, batch))
     compile_inference = time.perf_counter() - t0
     inference = median_ms(lambda: potential.energy_forces(variables, batch), repeats)
-    table = potential.tabulate(variables)
-    jax.block_until_ready(potential.energy_forces(variables, batch, radial_table=table))
-    inference_tabulated = median_ms(lambda: potential.energy_forces(variables, batch, radial_table=table), repeats)
+    prepared = potential.prepare(variables)
+    jax.block_until_ready(potential.energy_forces(prepared, batch))
+    inference_tabulated = median_ms(lambda: potential.energy_forces(prepared, batch), repeats)
 
     optimizer, step = make_train_step(potential)
     params, normalization = variables["params"], variables["normalization"]
@@ -208,9 +208,9 @@ def scaling(potential: Potential, sizes: list[int], repeats: int, on_row=None) -
         compile_s = time.perf_counter() - t0
         reps = repeats if len(pos) <= 2500 else max(3, repeats // 3)
         ms = median_ms(lambda b=batch, v=variables: potential.energy_forces(v, b), reps)
-        table = potential.tabulate(variables)
-        jax.block_until_ready(potential.energy_forces(variables, batch, radial_table=table))
-        ms_tab = median_ms(lambda b=batch, v=variables, t=table: potential.energy_forces(v, b, radial_table=t), reps)
+        prepared = potential.prepare(variables)
+        jax.block_until_ready(potential.energy_forces(prepared, batch))
+        ms_tab = median_ms(lambda b=batch, v=prepared: potential.energy_forces(v, b), reps)
         edges = int(batch.edge_mask.sum())
         rows.append(
             {

@@ -1,4 +1,4 @@
-"""Accuracy of the tabulated radial filters (``Potential.tabulate``) of a trained model against its exact
+"""Accuracy of the tabulated radial filters (``Potential.prepare``) of a trained model against its exact
 filter MLPs: the rank of the low-rank table and the force differences on structures of its data.
 
     python benchmarks/table_accuracy.py --model runs/main_job_20261124_003340
@@ -33,8 +33,9 @@ def main() -> None:
     n_atoms = sum(g.n_atoms for g in graphs)
     exact = np.asarray(potential.energy_forces(variables, batch)["forces"])[:n_atoms]
     for points in args.points:
-        table = potential.tabulate(variables, num_points=points)
-        forces = np.asarray(potential.energy_forces(variables, batch, radial_table=table)["forces"])[:n_atoms]
+        prepared = potential.prepare(variables, num_points=points)
+        table = prepared["radial_table"]
+        forces = np.asarray(potential.energy_forces(prepared, batch)["forces"])[:n_atoms]
         diff = np.abs(forces - exact)
         print(
             f"{points:5d} points: rank {table.coefficients.shape[-1]} of {2 * config.num_layers * config.features}, "

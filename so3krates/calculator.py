@@ -30,7 +30,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from so3krates.graph import Batch, check_structure
-from so3krates.inference.batches import padded_atoms, predict_kwargs, radial_table, template_batch, with_neighbours
+from so3krates.inference.batches import padded_atoms, template_batch, with_neighbours
 from so3krates.inference.force_field import ForceField, load_force_field
 from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.potential import Potential, Variables
@@ -95,7 +95,7 @@ class So3kratesCalculator(Calculator):
             raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
         self.skin = float(skin)
         self.headroom = float(headroom)
-        self._predict_kwargs = predict_kwargs(radial_table(self.potential, self.variables, tabulate))
+        self._inference_variables = self.potential.prepare(self.variables, tabulate)
         self.neighbour_list: SkinNeighbourList | None = None
         self._neighbours: Neighbours | None = None
         self._template: Batch | None = None
@@ -149,7 +149,7 @@ class So3kratesCalculator(Calculator):
         compute_stress = self._with_stress and periodic
 
         batch = self._batch(atoms)
-        out = self.potential.energy_forces(self.variables, batch, compute_stress=compute_stress, **self._predict_kwargs)
+        out = self.potential.energy_forces(self._inference_variables, batch, compute_stress=compute_stress)
         n = len(atoms)
         energy = float(out["energy"][0])  # float64: reference energy and sum over atoms on the host
         self.results = {

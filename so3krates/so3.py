@@ -1,6 +1,7 @@
-"""Rotation-group and radial building blocks: cutoffs, radial basis, spherical harmonics, Clebsch–Gordan.
+"""Rotation-group building blocks: spherical harmonics, Clebsch–Gordan, Wigner-D, norms, degree layouts.
 
-Nothing here knows about neural networks. Spherical harmonics, Clebsch–Gordan coefficients and
+Nothing here knows about neural networks (the cutoffs and the radial basis are in
+:mod:`so3krates.model.radial`). Spherical harmonics, Clebsch–Gordan coefficients and
 Wigner-D matrices come from e3x (``e3x.so3``) in its real, Racah-normalised convention
 (Σ_m Y_lm(r̂)² = 1 for every degree), used consistently everywhere in the package.
 
@@ -19,55 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from so3krates.deprecation import moved
+
 Array = jax.Array
-
-
-def cosine_cutoff(r: Array, r_cut: float) -> Array:
-    """Cosine cutoff φ_rcut(r) = ½(cos(π r / r_cut) + 1) for r < r_cut, else 0 (paper eq. 31).
-
-    Args:
-        r: distances, any shape.
-        r_cut: cutoff radius (Å).
-    Returns:
-        Array of r's shape, smooth (C¹) and exactly zero at and beyond r_cut.
-    """
-    inside = r < r_cut
-    # Evaluate the cosine only inside so that gradients beyond the cutoff are exactly zero.
-    r_safe = jnp.where(inside, r, 0.0)
-    return jnp.where(inside, 0.5 * (jnp.cos(jnp.pi * r_safe / r_cut) + 1.0), 0.0)
-
-
-def polynomial_cutoff(x: Array, p: int = 6) -> Array:
-    """Polynomial cutoff φ(x) = 1 − (p+1)(p+2)/2 xᵖ + p(p+2) xᵖ⁺¹ − p(p+1)/2 xᵖ⁺² for x < 1 (eq. 29).
-
-    Args:
-        x: scaled distances (distance / cutoff), any shape, x ≥ 0.
-        p: polynomial order (the paper uses 6).
-    Returns:
-        Array of x's shape; 1 at x = 0, 0 with vanishing first and second derivatives at x ≥ 1.
-    """
-    inside = x < 1.0
-    xs = jnp.where(inside, x, 0.0)
-    value = 1.0 - 0.5 * (p + 1) * (p + 2) * xs**p + p * (p + 2) * xs ** (p + 1) - 0.5 * p * (p + 1) * xs ** (p + 2)
-    return jnp.where(inside, value, 0.0)
-
-
-def physnet_radial_basis(r: Array, r_cut: float, num_basis: int = 32) -> Array:
-    """PhysNet radial basis θ_k(r) = φ_rcut(r) · exp(−γ (exp(−r) − μ_k)²) (paper eq. 30).
-
-    μ_k are evenly spaced between exp(−r_cut) and 1; γ = ((2/K)(1 − exp(−r_cut)))⁻².
-
-    Args:
-        r: distances, shape (...,).
-        r_cut: cutoff radius (Å).
-        num_basis: K, the number of basis functions.
-    Returns:
-        Array of shape (..., K).
-    """
-    mu = jnp.linspace(np.exp(-r_cut), 1.0, num_basis, dtype=r.dtype)
-    gamma = ((2.0 / num_basis) * (1.0 - np.exp(-r_cut))) ** -2
-    expanded = jnp.exp(-gamma * (jnp.exp(-r)[..., None] - mu) ** 2)
-    return cosine_cutoff(r, r_cut)[..., None] * expanded
 
 
 @dataclass(frozen=True)
@@ -215,3 +170,9 @@ def smooth_norm(x: Array, axis: int = -1, keepdims: bool = False, epsilon: float
     # Written as ‖x‖² / (√(‖x‖² + ε²) + ε), the same number without the cancellation that would cost
     # float32 its digits for ‖x‖ ≪ ε.
     return sq / (jnp.sqrt(sq + epsilon * epsilon) + epsilon)
+
+
+__getattr__ = moved(
+    "so3krates.so3",
+    {name: "so3krates.model.radial" for name in ("cosine_cutoff", "polynomial_cutoff", "physnet_radial_basis")},
+)

@@ -15,15 +15,12 @@ from model_helpers import SMALL, evaluate, random_molecule
 
 from so3krates.graph import PadSizes, collate, make_graph, pad_sizes_for
 from so3krates.model.config import ModelConfig
-from so3krates.model.efa import (
+from so3krates.model.efa import efa_dense_reference, efa_linear, erope_frequencies, erope_rotate
+from so3krates.model.lebedev import (
     LEBEDEV_SAFE_FREQUENCY,
     LEBEDEV_SIZES,
     LebedevGrid,
     check_grid,
-    efa_dense_reference,
-    efa_linear,
-    erope_frequencies,
-    erope_rotate,
     lebedev_grid,
     safe_frequency,
 )

@@ -13,8 +13,8 @@ from ase.md.verlet import VelocityVerlet
 
 from so3krates.calculator import So3kratesCalculator
 from so3krates.md import (
+    ForceField,
     JaxMD,
-    Model,
     SkinNeighbourList,
     drift_per_atom_per_ps,
     initial_velocities,
@@ -24,7 +24,7 @@ from so3krates.md.testing import emt_loaded_model, emt_structure
 
 
 @pytest.fixture(scope="module")
-def model() -> Model:
+def model() -> ForceField:
     return emt_loaded_model()
 
 
@@ -124,7 +124,7 @@ def test_neighbour_list_capacity_grows_and_keeps_every_pair():
 def test_blow_up_is_reported(model):
     variables = {**model.variables, "normalization": {**model.variables["normalization"]}}
     variables["normalization"]["scale"] = np.nan * np.asarray(variables["normalization"]["scale"])
-    md = JaxMD(Model(model.potential, variables, model.elements), ethanol(300.0), "nve", timestep_fs=0.5)
+    md = JaxMD(ForceField(model.potential, variables, model.elements), ethanol(300.0), "nve", timestep_fs=0.5)
     with pytest.raises(FloatingPointError, match="blew up"):
         md.run(20, interval=10)
     assert md.step == 0

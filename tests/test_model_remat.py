@@ -63,10 +63,10 @@ def test_remat_with_the_radial_table_gives_the_same_results():
     """The tabulated path interpolates per layer inside the remat region: same numbers as all at once."""
     potential, variables = model()
     remat = Potential(dataclasses.replace(SMALL, remat=True))
-    table = potential.tabulate(variables)
+    prepared = potential.prepare(variables)
     batch = collate([*molecules(), crystal()])
-    a = potential.energy_forces(variables, batch, compute_stress=True, radial_table=table)
-    b = remat.energy_forces(variables, batch, compute_stress=True, radial_table=table)
+    a = potential.energy_forces(prepared, batch, compute_stress=True)
+    b = remat.energy_forces(prepared, batch, compute_stress=True)
     assert_same(jax.tree_util.tree_map(np.asarray, a), jax.tree_util.tree_map(np.asarray, b))
 
 
@@ -79,10 +79,10 @@ def test_remat_with_the_nonlocal_correction_gives_the_same_results():
     graphs = [make_graph(*random_molecule(rng, n), config.r_cut) for n in (5, 8)]
     a = evaluate(potential, variables, graphs, all_pairs=True)
     assert_same(a, evaluate(remat, variables, graphs, all_pairs=True))
-    table = potential.tabulate(variables)
+    prepared = potential.prepare(variables)
     batch = collate(graphs, all_pairs=True)
-    b = jax.tree_util.tree_map(np.asarray, remat.energy_forces(variables, batch, radial_table=table))
-    c = jax.tree_util.tree_map(np.asarray, potential.energy_forces(variables, batch, radial_table=table))
+    b = jax.tree_util.tree_map(np.asarray, remat.energy_forces(prepared, batch))
+    c = jax.tree_util.tree_map(np.asarray, potential.energy_forces(prepared, batch))
     assert_same(c, b)
 
 

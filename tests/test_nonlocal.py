@@ -19,7 +19,8 @@ from model_helpers import evaluate, random_molecule
 
 from so3krates.graph import Graph, collate, make_graph, pad_sizes_for
 from so3krates.model.config import ModelConfig
-from so3krates.model.layers import Pairs, sphc_neighbourhood_weight
+from so3krates.model.layers import Pairs
+from so3krates.model.nonlocal_correction import sphc_neighbourhood_weight
 from so3krates.potential import Potential, edge_vectors, pair_vectors
 from so3krates.so3 import SMOOTH_NORM_EPSILON, DegreeLayout, wigner_d
 
@@ -334,7 +335,8 @@ def test_sphc_distances_are_in_the_papers_normalisation():
     :func:`sphc_distances` on the model's e3x SPHCs, up to the smooth norm's ε."""
     from scipy.special import sph_harm_y
 
-    from so3krates.model.layers import init_sphc, sphc_distances
+    from so3krates.model.layers import init_sphc
+    from so3krates.model.nonlocal_correction import sphc_distances
     from so3krates.model.so3krates import pair_geometry
 
     layout = DegreeLayout((1, 2, 3))
@@ -371,7 +373,7 @@ def test_sphc_distances_are_in_the_papers_normalisation():
 def test_racah_normalisation_option_measures_in_e3x_units():
     """``nonlocal_normalisation="racah"`` (kept for comparisons): the distances of degree l are
     √(4π/(2l+1)) times the orthonormal ones; anything else is refused."""
-    from so3krates.model.layers import sphc_distances
+    from so3krates.model.nonlocal_correction import sphc_distances
 
     rng = np.random.default_rng(2)
     chi_i, chi_j = jnp.asarray(rng.normal(size=(6, 5))), jnp.asarray(rng.normal(size=(6, 5)))  # degree 2 only

@@ -84,9 +84,9 @@ def test_paired_and_plain_layouts_give_the_same_energy_forces_stress_and_gradien
 def test_paired_layout_with_tabulated_filters_and_remat():
     potential, variables = model(dataclasses.replace(TINY, remat=True))
     graph = make_graph(*random_molecule(np.random.default_rng(4), 6), TINY.r_cut)
-    table = potential.tabulate(variables)
-    a = potential.energy_forces(variables, collate([graph]), radial_table=table)
-    b = potential.energy_forces(variables, collate([shuffled(graph)]), radial_table=table)
+    prepared = potential.prepare(variables)
+    a = potential.energy_forces(prepared, collate([graph]))
+    b = potential.energy_forces(prepared, collate([shuffled(graph)]))
     np.testing.assert_allclose(np.asarray(a["forces"]), np.asarray(b["forces"]), atol=1e-12)
 
 

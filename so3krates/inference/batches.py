@@ -8,6 +8,7 @@ The calculator and the MD engine evaluate one structure at a time with a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -74,44 +75,43 @@ def with_neighbours(batch: Batch, neighbours: Neighbours) -> Batch:
 
 
 def energy_forces_fn(potential: Potential, n_atoms: int):  # noqa: ANN201 (a closure, typed in the docstring)
-    """The model as the integrators want it: ``fn(positions, neighbours, *, variables, template, radial_table)``.
+    """The model as the integrators want it: ``fn(positions, neighbours, *, variables, template)``.
 
     ``positions`` (n_atoms, 3) are the real atoms; the padding atoms of ``template`` stay at the origin
-    (their edges and masks are off, so they contribute nothing). ``radial_table`` (optional, from
-    :func:`radial_table`) is the tabulated radial filters. Returns (interaction energy (), forces (n_atoms, 3)):
-    the energy without the reference Σ_i shift[z_i] + c, which the engine adds on the host in float64.
+    (their edges and masks are off, so they contribute nothing). ``variables``: as :meth:`Potential.prepare`
+    returns them (with or without the radial-filter table). Returns (interaction energy (), forces
+    (n_atoms, 3)): the energy without the reference Σ_i shift[z_i] + c, which the engine adds on the host
+    in float64.
     """
 
-    def fn(
-        positions: Array,
-        neighbours: Neighbours,
-        *,
-        variables: Variables,
-        template: Batch,
-        radial_table: Any = None,
-    ) -> tuple[Array, Array]:
+    def fn(positions: Array, neighbours: Neighbours, *, variables: Variables, template: Batch) -> tuple[Array, Array]:
         pad = template.positions.shape[0] - n_atoms
         full = jnp.concatenate([positions, jnp.zeros((pad, 3), positions.dtype)])
         batch = with_neighbours(template, neighbours).replace(positions=full)
-        kwargs = {} if radial_table is None else {"radial_table": radial_table}
-        out = potential.predict(variables, batch, **kwargs)
+        out = potential.predict(variables, batch)
         return out["interaction_energy"][0], out["forces"][:n_atoms]
 
     return fn
 
 
 def radial_table(potential: Potential, variables: Variables, tabulate: bool = True) -> Any:
-    """The potential's interpolation table of its radial filters (None if off or not supported).
-
-    Inference with fixed weights may replace the radial filter MLPs by a table (low-rank, cubic Hermite):
-    the same forces to ~1e-6 relative in float32 (~1e-7 in float64), fewer FLOPs per edge, and forces
-    stay exact gradients of the (interpolated) energy, so MD still conserves energy.
-    """
-    if not tabulate or not hasattr(potential, "tabulate"):
-        return None
-    return potential.tabulate(variables)
+    """Deprecated: ``potential.prepare(variables, tabulate)`` gives variables that carry the table."""
+    warnings.warn(
+        "so3krates.inference.batches.radial_table is deprecated and goes in the next release: use "
+        "potential.prepare(variables, tabulate)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return potential.tabulate(variables) if tabulate else None
 
 
 def predict_kwargs(table: Any) -> dict[str, Any]:
-    """Keyword arguments of :meth:`Potential.energy_forces` for an optional radial table."""
+    """Deprecated: keyword arguments of :meth:`Potential.energy_forces` for an optional radial table; pass
+    ``potential.prepare(variables)`` as the variables instead."""
+    warnings.warn(
+        "so3krates.inference.batches.predict_kwargs is deprecated and goes in the next release: pass "
+        "potential.prepare(variables) as the variables",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return {} if table is None else {"radial_table": table}

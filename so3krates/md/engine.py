@@ -29,7 +29,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from so3krates.compile import jit
 from so3krates.graph import check_structure
-from so3krates.inference.batches import energy_forces_fn, padded_atoms, predict_kwargs, radial_table, template_batch
+from so3krates.inference.batches import energy_forces_fn, padded_atoms, template_batch
 from so3krates.inference.force_field import ForceField
 from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
@@ -149,9 +149,8 @@ class JaxMD:
             r_cut=self.neighbour_list.r_cut,
         )
         self._params = {
-            "variables": model.variables,
+            "variables": model.potential.prepare(model.variables, tabulate),
             "template": jax.device_put(self._template_host),
-            "radial_table": radial_table(model.potential, model.variables, tabulate),
         }
         self.neighbours = self._to_device(host_neighbours)
 
@@ -177,7 +176,7 @@ class JaxMD:
         model = self.model
         batch = self._template_host.replace(positions=self._template_host.positions.copy())
         batch.positions[: self.n_atoms] = positions
-        initial = model.potential.energy_forces(model.variables, batch, **predict_kwargs(self._params["radial_table"]))
+        initial = model.potential.energy_forces(self._params["variables"], batch)
         self._reference_energy = float(reference_energy(model.variables["normalization"], batch)[0])
         return MDState(
             positions=jnp.asarray(positions, self.dtype),

@@ -114,7 +114,7 @@ class ModelConfig:
                 f"{self.efa_max_frequency} and {self.efa_max_length}"
             )
         if self.global_attention == "efa":
-            from so3krates.model.efa import check_grid  # lazy: efa imports this module
+            from so3krates.model.lebedev import check_grid  # lazy: keeps jax out of importing the config
 
             check_grid(self.efa_grid_size, self.efa_max_frequency, exact_size=True)
 

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from so3krates.so3 import DegreeLayout, polynomial_cutoff, smooth_norm
+from so3krates.deprecation import moved
+from so3krates.model.radial import LayerFilters, filter_edge_count
+from so3krates.so3 import DegreeLayout, smooth_norm
 
 Array = jax.Array
 
@@ -84,9 +86,8 @@ def init_sphc(pairs: Pairs, num_atoms: int) -> Array:
 def block_diagonal(blocks: Array) -> Array:
     """(H, w, w) blocks → the (H·w, H·w) block-diagonal matrix (so that heads run as one product).
 
-    Built as the blocks tiled along the columns times a constant 0/1 mask: one element-wise kernel. The
-    equivalent einsum with an identity matrix compiled on CPU to a transposing copy per projection, ~2 ms of
-    fixed cost per call (30 projections) that dominated nothing but small molecules (docs/speed.md).
+    Built as the blocks tiled along the columns times a constant 0/1 mask: one element-wise kernel, where
+    an einsum with an identity matrix compiles on CPU to a transposing copy (docs/speed.md).
     """
     num, width, _ = blocks.shape
     mask = np.kron(np.eye(num), np.ones((width, width)))
@@ -136,126 +137,10 @@ class MLP(nn.Module):
         return nn.Dense(self.out, dtype=self.dtype, param_dtype=self.dtype, name="dense_1")(x)
 
 
-class _DenseParameters(nn.Module):
-    """The kernel and bias of a Dense layer, declared as :class:`flax.linen.Dense` declares them (same names,
-    shapes and initialisers, hence the same parameter tree and initial values) but returned, not applied."""
-
-    in_features: int
-    features: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self) -> tuple[Array, Array]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features), self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
-        return kernel, bias
-
-
-class RadialFilters(nn.Module):
-    """The radial filters φ_r(θ(r_ij)) of every layer and block (eq. 16, A.3: MLP [radial_hidden, F]).
-
-    The radial basis θ(r_ij) (eq. 30) is the same in every layer, so all 2·num_layers filters are computed
-    here once per call, each as its own small MLP (P, K) → (P, C) → (P, F) with a contiguous (P, F) result.
-    That is what makes it fast on CPU: written as one (K → 2·num_layers·C) product followed by a batched
-    one, XLA transposed the (P, 2·num_layers·C) hidden activations in a copy that cost 15 of 50 ms of the
-    Table 3 toluene call; stacking the results into one array costs a zero-padded copy per filter in the
-    backward pass (docs/speed.md). The parameters are stored as one Dense layer ``hidden`` and a stacked
-    second layer (the parameter tree of earlier versions). The filters depend on the distance alone, which
-    is what :func:`tabulate_radial_filters` exploits for inference.
-
-    Returns:
-        For every layer the pair (feature filter, SPHC filter), each (P, F).
-    """
-
-    num_layers: int
-    radial_hidden: int
-    features: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, rbf: Array) -> list[tuple[Array, Array]]:
-        L, C, F = self.num_layers, self.radial_hidden, self.features
-        hidden_kernel, hidden_bias = _DenseParameters(rbf.shape[-1], 2 * L * C, self.dtype, name="hidden")()
-        hidden_kernel = hidden_kernel.reshape(-1, L, 2, C)
-        hidden_bias = hidden_bias.reshape(L, 2, C)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(batch_axis=(0, 1)), (L, 2, C, F), self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (L, 2, F), self.dtype)
-
-        def mlp(t: int, b: int) -> Array:
-            return nn.silu(rbf @ hidden_kernel[:, t, b] + hidden_bias[t, b]) @ kernel[t, b] + bias[t, b]
-
-        return [(mlp(t, 0), mlp(t, 1)) for t in range(L)]
-
-
-@flax.struct.dataclass
-class RadialTable:
-    """Radial filters of all layers as a low-rank expansion φ_{t,b}(r) ≈ Σ_m u_m(r) V_{t,b,m,:} whose M
-    basis functions u_m(r) are tabulated on a uniform grid over [0, r_cut] for cubic Hermite interpolation
-    (built by :func:`so3krates.model.so3krates.tabulate_radial_filters`).
-
-    The 2·num_layers filters are smooth functions of one variable, and together span few dimensions
-    (M ≈ 70 of 12·F = 1,584 for the paper-size model): so per edge one gather of 4·M basis coefficients
-    and one (M → F) product per filter replace twelve filter MLPs, or twelve gathers of 4·F coefficients.
-
-    Attributes:
-        spacing: grid spacing h.
-        coefficients: (num_points − 1, 4, M) the cubic in t ∈ [0, 1] of every grid interval, values and
-            exact slopes at both ends folded in (see :func:`hermite_coefficients`).
-        projection: (num_layers, 2, M, F) the right factor V.
-    """
-
-    spacing: Array
-    coefficients: Array
-    projection: Array
-
-
-def hermite_coefficients(spacing: float, values: np.ndarray, slopes: np.ndarray) -> np.ndarray:
-    """Cubic Hermite coefficients per interval from values and slopes at the grid points, each of shape
-    (num_points, M): p(t) = v₀ + m₀t + (3Δ − 2m₀ − m₁)t² + (m₀ + m₁ − 2Δ)t³ with m = h·slope and Δ = v₁ − v₀.
-
-    Computed in float64 on the host, from float64 values and slopes: the t² and t³ coefficients are small
-    differences of values, which carry the rounding error of the values divided by h into the forces
-    (see :func:`so3krates.model.so3krates.tabulate_radial_filters`).
-
-    Returns:
-        (num_points − 1, 4, M): one contiguous row per interval, so that interpolation is one gather of
-        rows followed by Horner's rule.
-    """
-    values, slopes = np.asarray(values, np.float64), np.asarray(slopes, np.float64)
-    v0, v1 = values[:-1], values[1:]
-    m0, m1 = spacing * slopes[:-1], spacing * slopes[1:]
-    delta = v1 - v0
-    return np.stack([v0, m0, 3 * delta - 2 * m0 - m1, m0 + m1 - 2 * delta], axis=-2)
-
-
-def interpolate_radial_filters(r: Array, table: RadialTable) -> list[tuple[Array, Array]]:
-    """The tabulated radial filters at distances r (P,): for every layer the pair (feature filter, SPHC
-    filter), each (P, F), as :class:`RadialFilters` returns them.
-
-    Cubic Hermite interpolation of the basis functions, then one product per filter. Beyond the last grid
-    point (r ≥ r_cut, where θ = 0 and the filter is constant) the last value is used. The interpolant is
-    C¹, so forces stay continuous; its error is O(h⁴) plus the truncated rank.
-    """
-    intervals = table.coefficients.shape[0]
-    x = jnp.clip(r / table.spacing, 0.0, float(intervals))
-    k = jnp.minimum(jnp.floor(x).astype(jnp.int32), intervals - 1)
-    t = (x - k)[:, None]
-    c = table.coefficients[k]  # (P, 4, M)
-    basis = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * c[:, 3]))
-    num_layers, num_blocks = table.projection.shape[:2]
-    return [tuple(basis @ table.projection[l, b] for b in range(num_blocks)) for l in range(num_layers)]
-
-
-def filter_edge_count(num_edges: int, paired: bool) -> int:
-    """How many edges get their own filters (eq. 16): all of them, or with paired edges
-    (``Batch.edges_paired``) the first half, whose filters serve the reverse edges too (w_ij = w_ji)."""
-    return num_edges // 2 if paired else num_edges
-
-
 class RadialSphericalFilter(nn.Module):
     """Filter w_ij = φ_r(θ(r_ij)) + φ_s([χ_ij^(l)]_l) (paper eq. 16, A.3).
 
-    φ_r, the radial filter, comes in computed (:class:`RadialFilters`, or its table); φ_s, the spherical
+    φ_r, the radial filter, comes in computed (:mod:`so3krates.model.radial`); φ_s, the spherical
     filter, MLP [spherical_hidden, F] on the per-degree SPHC distances χ_ij^(l) = ‖χ_j^(l) − χ_i^(l)‖, is
     applied here to its hidden activations (its first layer is shared with the layer's other filter).
     """
@@ -309,61 +194,6 @@ def sphc_messages(alpha: Array, weight: Array, sph: Array, layout: DegreeLayout)
         (P, dim); their segment sum over j is Δχ_i.
     """
     return repeat_per_degree(alpha * weight[:, None], layout) * sph
-
-
-def sphc_distances(chi_i: Array, chi_j: Array, layout: DegreeLayout, orthonormal: bool = True) -> Array:
-    """SPHC distances χ_ij = ‖χ_j − χ_i‖ over all degrees, in the paper's normalisation (eq. 14).
-
-    The softmax of eq. 14 is a fixed function of these distances, so their scale matters (unlike
-    everywhere else, where learnable weights absorb it): they are computed for orthonormal spherical
-    harmonics as in the paper and the authors' release, e3x's Racah-normalised entries times
-    √((2l+1)/4π) (with e3x's own scale the l = 1, 2, 3 distances would be 2.05×, 1.59×, 1.34× larger).
-    A smooth norm, because χ_j − χ_i vanishes for atoms of equivalent environments.
-
-    Args:
-        chi_i, chi_j: (P, dim) SPHCs of the centres and the partners, e3x's normalisation.
-        orthonormal: False measures them in e3x's own (Racah) normalisation instead (for comparisons).
-    Returns:
-        (P,) distances.
-    """
-    if not orthonormal:
-        return smooth_norm(chi_j - chi_i, axis=-1)
-    scale = jnp.asarray(layout.orthonormal_scale, chi_i.dtype)
-    return smooth_norm((chi_j - chi_i) * scale, axis=-1)
-
-
-def sphc_neighbourhood_weight(
-    chi: Array,
-    pairs: Pairs,
-    n_atoms_of_centre: Array,
-    kappa: float,
-    p: int,
-    layout: DegreeLayout,
-    orthonormal: bool = True,
-) -> Array:
-    """Spherical neighbourhood φ_χcut(χ̃_ij) of the non-local correction (paper eq. 14, A.2, eq. 29).
-
-    χ_ij = ‖χ_i − χ_j‖ over all degrees in the paper's normalisation (:func:`sphc_distances`); χ̃ = softmax
-    over j of χ_ij within each row i (the pairs must be all ordered pairs of each structure); then the
-    polynomial cutoff (eq. 29) at χ_cut = κ / n_atoms.
-
-    Args:
-        chi: (N, dim) SPHCs.  pairs: all pairs within each structure.
-        n_atoms_of_centre: (P,) number of atoms of the structure of pair (i, j).
-    Returns:
-        (P,) weights in [0, 1], zero for masked pairs.
-    """
-    d = sphc_distances(chi[pairs.i], chi[pairs.j], layout, orthonormal)
-    d = jnp.where(pairs.mask, d, -jnp.inf)
-    num_atoms = chi.shape[0]
-    # Row-wise softmax over j; the max is held constant (stop_gradient) as usual for stability.
-    row_max = jax.lax.stop_gradient(jax.ops.segment_max(d, pairs.i, num_segments=num_atoms))
-    e = jnp.where(pairs.mask, jnp.exp(d - row_max[pairs.i]), 0.0)
-    row_sum = segment_sum(e, pairs.i, num_atoms)
-    softmax = e / jnp.where(row_sum > 0, row_sum, 1.0)[pairs.i]
-    # Padding pairs belong to the padding graph (0 atoms): guard κ/0, their weight is masked anyway.
-    chi_cut = kappa / jnp.maximum(n_atoms_of_centre, 1).astype(chi.dtype)
-    return jnp.where(pairs.mask, polynomial_cutoff(softmax / chi_cut, p), 0.0)
 
 
 class CrossDegreeCoupling(nn.Module):
@@ -422,11 +252,12 @@ class So3kratesLayer(nn.Module):
 
     Feature attention (eqs. 12, 15, 32, 33) runs over the local edges; SPHC attention (eqs. 13, 34) over
     the same edges, or, with the non-local correction (eq. 14), over all pairs of each structure
-    (``sphc_pairs``) with the spherical-neighbourhood weights given by ``nonlocal_fn(χ)``.
+    (``sphc_pairs``) with the spherical-neighbourhood weights given by ``nonlocal_fn(χ)``. The radial
+    filters come as ``radial`` (:func:`so3krates.model.radial.layer_filters`): the layer asks it for the
+    filters of its edges and pairs, whether computed or tabulated.
 
     For speed, all five projections (W_q, W_k, W_v of the feature block; W_q, W_k of the SPHC block) are
-    one matrix product; each per-edge quantity is gathered by itself (a concatenated gather split
-    afterwards cost 25 % more on the 201-atom water droplet, docs/speed.md).
+    one matrix product, and each per-edge quantity is gathered by itself (docs/speed.md).
     """
 
     features: int
@@ -443,9 +274,8 @@ class So3kratesLayer(nn.Module):
         x: Array,
         chi: Array,
         edges: Pairs,
-        edge_radial: tuple[Array, Array],
+        radial: LayerFilters,
         sphc_pairs: Pairs | None = None,
-        pair_radial: tuple[Array, Array] | None = None,
         nonlocal_fn: Callable[[Array], Array] | None = None,
     ) -> tuple[Array, Array]:
         F, H, layout = self.features, self.num_heads, self.layout
@@ -472,8 +302,9 @@ class So3kratesLayer(nn.Module):
         q_f_i, q_s_i = q_f[edges.i], q_s[edges.i]
         k_f_j, v_f_j, k_s_j = k_f[edges.j], v_f[edges.j], k_s[edges.j]
         # The filters (eq. 16) are symmetric, w_ij = w_ji: with paired edges they are computed for the first
-        # half (one direction of every pair; edge_radial is given for that half) and used for both.
+        # half (one direction of every pair) and used for both.
         filter_edges = filter_edge_count(edges.i.shape[0], self.paired_edges)
+        edge_radial = radial.for_edges(edges.r[:filter_edges])
         chi_ij = chi[edges.j[:filter_edges]] - chi[edges.i[:filter_edges]]
         spherical_h = nn.silu(spherical_first(per_degree_norm(chi_ij, layout)))  # eq. 16 input
 
@@ -493,7 +324,7 @@ class So3kratesLayer(nn.Module):
             q_s_i, chi_i = q_s[sphc_pairs.i], chi[sphc_pairs.i]
             k_s_j, chi_j = k_s[sphc_pairs.j], chi[sphc_pairs.j]
             pair_h = nn.silu(spherical_first(per_degree_norm(chi_j - chi_i, layout)))
-            w_s = sphc_filter(pair_radial[1], pair_h[:, sh:])
+            w_s = sphc_filter(radial.for_pairs(sphc_pairs.r)[1], pair_h[:, sh:])
             alpha_s = attention_coefficients(q_s_i, k_s_j, w_s, layout.num_degrees)
             weight = sphc_pairs.cutoff + (nonlocal_fn(chi) if nonlocal_fn is not None else 0.0)
             dchi = segment_sum(sphc_messages(alpha_s, weight, sphc_pairs.sph, layout), sphc_pairs.i, num_atoms)
@@ -503,3 +334,16 @@ class So3kratesLayer(nn.Module):
 def element_table(values: np.ndarray | Array, numbers: Array) -> Array:
     """Look up per-element constants (scale, shift) for each atom: values[z_i]."""
     return jnp.asarray(values)[numbers]
+
+
+__getattr__ = moved(
+    "so3krates.model.layers",
+    {
+        "RadialFilters": "so3krates.model.radial",
+        "RadialTable": "so3krates.model.radial",
+        "hermite_coefficients": "so3krates.model.radial",
+        "interpolate_radial_filters": "so3krates.model.radial",
+        "sphc_distances": "so3krates.model.nonlocal_correction",
+        "sphc_neighbourhood_weight": "so3krates.model.nonlocal_correction",
+    },
+)

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from so3krates.deprecation import moved
 from so3krates.graph import Batch
 from so3krates.model.config import ModelConfig
-from so3krates.model.layers import (
-    MLP,
-    Pairs,
+from so3krates.model.layers import MLP, Pairs, So3kratesLayer, init_sphc, segment_sum
+from so3krates.model.nonlocal_correction import nonlocal_weight_fn
+from so3krates.model.radial import (
     RadialFilters,
     RadialTable,
-    So3kratesLayer,
+    cosine_cutoff,
     filter_edge_count,
-    hermite_coefficients,
-    init_sphc,
-    interpolate_radial_filters,
-    segment_sum,
-    sphc_neighbourhood_weight,
+    layer_filters,
+    physnet_radial_basis,
 )
-from so3krates.so3 import DegreeLayout, cosine_cutoff, physnet_radial_basis, safe_norm, spherical_harmonics
+from so3krates.so3 import DegreeLayout, safe_norm, spherical_harmonics
 
 Array = jax.Array
-Filters = tuple[Array, Array]  # one layer's radial filters (feature block, SPHC block), each (P, F)
 
 
 def pair_geometry(vectors: Array, i: Array, j: Array, mask: Array, config: ModelConfig, layout: DegreeLayout) -> Pairs:
@@ -79,46 +73,29 @@ class So3krates(nn.Module):
             if pair_vectors is None:
                 raise ValueError("the non-local correction needs a batch built with all_pairs=True")
             sphc_pairs = pair_geometry(pair_vectors, batch.pair_i, batch.pair_j, batch.pair_mask, cfg, layout)
-            n_atoms_of_pair = batch.n_atoms[batch.node_graph[batch.pair_i]]
-
-            def nonlocal_fn(chi: Array) -> Array:
-                orthonormal = cfg.nonlocal_normalisation == "orthonormal"
-                return sphc_neighbourhood_weight(
-                    chi, sphc_pairs, n_atoms_of_pair, cfg.nonlocal_kappa, cfg.nonlocal_p, layout, orthonormal
-                )
+            nonlocal_fn = nonlocal_weight_fn(cfg, sphc_pairs, batch, layout)
 
         # eq. 9: element embedding
         x = nn.Embed(cfg.max_atomic_number + 1, cfg.features, param_dtype=dtype, name="embedding")(batch.numbers)
         chi = init_sphc(edges, num_atoms)  # eq. 11
         self.sow("intermediates", "sphc", chi)
-        radial_module = RadialFilters(cfg.num_layers, cfg.radial_hidden, cfg.features, dtype, name="radial_filters")
-
-        def radial_filters(pairs: Pairs, count: int) -> list[Filters]:  # of the first ``count`` pairs
-            if radial_table is not None:  # inference: the same functions tabulated (O(h⁴) + truncated rank)
-                return interpolate_radial_filters(pairs.r[:count], radial_table)
-            return radial_module(pairs.rbf[:count])
-
-        # With remat and a table, each layer interpolates its own filters inside its rematerialised region:
-        # the (P, F) filters of all layers and their cotangents are never alive at once.
-        per_layer_table = cfg.remat and radial_table is not None
         # Paired edges (the second half reverses the first): filters of the first half serve both (eq. 16
         # is symmetric in i and j), half the work of the costliest per-edge part.
         filter_edges = filter_edge_count(batch.edge_i.shape[0], batch.edges_paired)
-        edge_radial = None if per_layer_table else radial_filters(edges, filter_edges)
-        pair_radial = (
-            None if per_layer_table or sphc_pairs is None else radial_filters(sphc_pairs, sphc_pairs.r.shape[0])
+        radial = layer_filters(
+            RadialFilters(cfg.num_layers, cfg.radial_hidden, cfg.features, dtype, name="radial_filters"),
+            radial_table,
+            edges.r[:filter_edges],
+            edges.rbf[:filter_edges],
+            None if sphc_pairs is None else sphc_pairs.r,
+            None if sphc_pairs is None else sphc_pairs.rbf,
+            per_layer=cfg.remat,  # with a table, each layer interpolates inside its rematerialised region
         )
-        efa_layers = set(range(cfg.num_layers)) if cfg.global_attention == "efa" else set()
-        # nn.remat counts self as argument 0: nonlocal_fn (a Python closure, argument 7) must be static.
-        layer_class = nn.remat(_LayerFilters, static_argnums=(7,)) if cfg.remat else So3kratesLayer
+        efa_layers = self.efa_layers()
+        # nn.remat counts self as argument 0: nonlocal_fn (a Python closure, argument 6) must be static.
+        layer_class = nn.remat(So3kratesLayer, static_argnums=(6,)) if cfg.remat else So3kratesLayer
         for t in range(cfg.num_layers):
             x_in = x
-            if per_layer_table:
-                edge_filters: Filters | RadialTable = _layer_table(radial_table, t)
-                pair_filters: Filters | RadialTable | None = edge_filters if sphc_pairs is not None else None
-            else:
-                edge_filters = edge_radial[t]
-                pair_filters = pair_radial[t] if pair_radial is not None else None
             x, chi = layer_class(
                 cfg.features,
                 cfg.num_heads,
@@ -128,7 +105,7 @@ class So3krates(nn.Module):
                 dtype=dtype,
                 paired_edges=batch.edges_paired,
                 name=f"layer_{t}",
-            )(x, chi, edges, edge_filters, sphc_pairs, pair_filters, nonlocal_fn)
+            )(x, chi, edges, radial[t], sphc_pairs, nonlocal_fn)
             if t in efa_layers:
                 # Euclidean fast attention reads the same x as the local layer (they run in parallel).
                 from so3krates.model.efa import EfaUpdate
@@ -143,37 +120,13 @@ class So3krates(nn.Module):
         scale = self.variable("normalization", "scale", lambda: jnp.ones(cfg.max_atomic_number + 1, dtype))
         return jnp.where(batch.node_mask, scale.value[batch.numbers] * energy, 0.0)
 
-
-def _layer_table(table: RadialTable, t: int) -> RadialTable:
-    """The radial-filter table of layer t alone: the shared basis, projection of shape (1, 2, M, F)."""
-    return table.replace(projection=table.projection[t : t + 1])
-
-
-class _LayerFilters(So3kratesLayer):
-    """A :class:`So3kratesLayer` whose radial filters may come as that layer's interpolation table.
-
-    With ``ModelConfig.remat`` this class is wrapped in ``nn.remat``, and passing the table rather than
-    the interpolated (P, F) filter pair puts the interpolation inside the rematerialised region. It adds
-    no parameters and no scope of its own, so the parameter tree is that of a plain So3kratesLayer and
-    checkpoints work with ``remat`` on or off.
-    """
-
-    def __call__(
-        self,
-        x: Array,
-        chi: Array,
-        edges: Pairs,
-        edge_radial: Filters | RadialTable,
-        sphc_pairs: Pairs | None = None,
-        pair_radial: Filters | RadialTable | None = None,
-        nonlocal_fn: Callable[[Array], Array] | None = None,
-    ) -> tuple[Array, Array]:
-        if isinstance(edge_radial, RadialTable):
-            filter_edges = filter_edge_count(edges.r.shape[0], self.paired_edges)
-            edge_radial = interpolate_radial_filters(edges.r[:filter_edges], edge_radial)[0]
-        if isinstance(pair_radial, RadialTable):
-            pair_radial = interpolate_radial_filters(sphc_pairs.r, pair_radial)[0]
-        return super().__call__(x, chi, edges, edge_radial, sphc_pairs, pair_radial, nonlocal_fn)
+    def efa_layers(self) -> tuple[int, ...]:
+        """The layers with a Euclidean fast attention update (module ``efa_{t}``): ``config.efa_layers``,
+        all layers when that is None, none without ``global_attention='efa'``."""
+        cfg = self.config
+        if cfg.global_attention != "efa":
+            return ()
+        return tuple(range(cfg.num_layers)) if cfg.efa_layers is None else cfg.efa_layers
 
 
 def interaction_energy(atomic_energies: Array, batch: Batch) -> Array:
@@ -183,49 +136,7 @@ def interaction_energy(atomic_energies: Array, batch: Batch) -> Array:
     return jnp.where(batch.graph_mask, energy, 0.0)
 
 
-def tabulate_radial_filters(
-    params: dict, config: ModelConfig, num_points: int = 1024, rank_tolerance: float | None = None
-) -> RadialTable:
-    """Tabulate the radial filters of a trained model for :func:`interpolate_radial_filters` at inference.
-
-    The values and exact derivatives (forward-mode autodiff) of all 2·num_layers filters on a uniform grid
-    over [0, r_cut] form a (num_points, 2·num_layers·F) matrix T. Its singular value decomposition
-    T = U S Vᵀ, truncated where the singular values fall below ``rank_tolerance`` times the largest
-    (default 1e-7 for float32 models, 1e-13 for float64), gives M basis functions U S on the grid, whose
-    values and slopes (the derivatives projected on the same V) are tabulated for cubic Hermite
-    interpolation. With the default 1024 points (spacing ≈ 0.005 Å at r_cut = 5 Å) energies and forces
-    match the exact MLPs to about 1e-7 relative in float64 and to float32 rounding (~1e-6) in float32
-    (tests/test_model_tabulation.py, benchmarks/table_accuracy.py).
-
-    Runs on the host (NumPy's SVD; the rank is data-dependent), not inside ``jax.jit``. Re-tabulate after
-    changing the weights.
-    """
-    dtype = jnp.dtype(config.dtype)
-    if rank_tolerance is None:
-        rank_tolerance = 1e-7 if dtype.itemsize <= 4 else 1e-13
-    # In float64 whatever the model's dtype: interpolated slopes are differences of neighbouring values over
-    # the spacing h, so float32 rounding of the values (~1e-7 of them) would become ~1e-7/h of the forces
-    # (5e-5 relative for a trained float32 model at h = 0.004 Å, worse on finer grids).
-    with jax.enable_x64(True):
-        module = RadialFilters(config.num_layers, config.radial_hidden, config.features, jnp.float64)
-        params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params["radial_filters"])
-        grid = jnp.linspace(0.0, config.r_cut, num_points, dtype=jnp.float64)
-
-        def stacked(r: Array) -> Array:  # (num_points, num_layers · 2 · F), layer-major
-            rbf = physnet_radial_basis(r, config.r_cut, config.num_radial)
-            filters = module.apply({"params": params64}, rbf)
-            return jnp.concatenate([f for pair in filters for f in pair], axis=-1)
-
-        values, slopes = jax.jvp(stacked, (grid,), (jnp.ones_like(grid),))
-        values, slopes = np.asarray(values, np.float64), np.asarray(slopes, np.float64)
-    _, singular, vt = np.linalg.svd(values, full_matrices=False)
-    rank = max(1, int(np.sum(singular > rank_tolerance * singular[0])))
-    v = vt[:rank].T  # (L·2·F, M), orthonormal columns
-    spacing = config.r_cut / (num_points - 1)
-    coefficients = hermite_coefficients(spacing, values @ v, slopes @ v)
-    projection = v.T.reshape(rank, config.num_layers, 2, config.features).transpose(1, 2, 0, 3)
-    return RadialTable(
-        spacing=jnp.asarray(spacing, dtype),
-        coefficients=jnp.asarray(coefficients, dtype),
-        projection=jnp.asarray(projection, dtype),
-    )
+__getattr__ = moved(
+    "so3krates.model.so3krates",
+    {"tabulate_radial_filters": "so3krates.model.radial"},
+)
