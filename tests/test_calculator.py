@@ -277,6 +277,7 @@ def test_unknown_keyword_is_refused(trained):
         So3kratesCalculator(model=trained, dtype="float16")
 
 
+@pytest.mark.slow
 def test_no_silent_64_bit_mode(tmp_path):
     """In a fresh process: importing and running a float32 model leaves JAX's 64-bit mode off; a float64
     model is refused with a message until float64 is asked for, which then switches the mode on."""

@@ -1,6 +1,7 @@
 """Tabulated radial filters (inference) against the exact filter MLPs."""
 
 import numpy as np
+import pytest
 from model_helpers import SMALL, evaluate, model, random_molecule
 
 from so3krates.graph import collate, make_graph
@@ -29,6 +30,7 @@ def test_tabulated_radial_filters_match_the_exact_model():
     assert np.abs(np.asarray(truncated["forces"])[:15] - exact["forces"]).max() > 1e-5
 
 
+@pytest.mark.slow
 def test_float32_table_is_as_accurate_as_float32_rounding():
     """The table of a float32 model is built from float64 evaluations of its filters: slopes interpolated
     from float32-rounded values carried errors of ~1e-7/h of the forces (5e-5 relative for a trained model,

@@ -125,6 +125,7 @@ def test_translation_and_permutation_invariance():
 
 
 # -- batching --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_batch_composition_and_padding_invariance():
     """Structures of 3, 6 and 11 atoms together (in two orders, with extra padding) equal each alone:
     the softmax runs within each structure's rows and χ_cut = κ / n_atoms uses its own size."""

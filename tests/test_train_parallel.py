@@ -96,6 +96,7 @@ def compilation_cache(tmp_path: Path):
         jax.config.update(k, v)
 
 
+@pytest.mark.slow
 def test_a_stream_directory_trains_the_same_model_as_its_file(inputs, tmp_path, capsys, compilation_cache):
     from so3krates.cli.main import main
 

@@ -356,6 +356,7 @@ def test_load_model_rejects_weights_of_another_config(saved_model: tuple, tmp_pa
         rd.load_run(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_loss_units_ev_computes_the_loss_in_ev(tmp_path) -> None:
     """``loss_units="eV"`` (the authors' MD17 setting): for a kcal/mol file the loss is (kcal/mol in eV)²
     times the loss in the file's units, the reported errors stay in kcal/mol. Learning rate ~0, so both
