@@ -68,7 +68,7 @@ def model_config(
     efa_max_length: float = EFA_MAX_LENGTH,
     efa_max_frequency: float = EFA_MAX_FREQUENCY,
     efa_grid_size: int = EFA_GRID_SIZE,
-    nonlocal_normalisation: str = "orthonormal",
+    nonlocal_normalization: str = "orthonormal",
 ) -> Any:
     """The cumulene model of the paper (Table 7, rows Fig. 2/3) at a reduced width.
 
@@ -79,7 +79,7 @@ def model_config(
             the all-pairs list of the non-local model it dominates the cost, hence smaller here).
         efa_max_length, efa_max_frequency, efa_grid_size: r_max (Å), b_max and M of the EFA variants
             (ModelConfig checks b_max against the grid); F_qk = 16 and F_v = 32 are ModelConfig's defaults.
-        nonlocal_normalisation: the spherical harmonics of eq. 14's SPHC distances ("orthonormal", the
+        nonlocal_normalization: the spherical harmonics of eq. 14's SPHC distances ("orthonormal", the
             paper's, or "racah", e3x's: see ModelConfig).
     """
     from so3krates.model.config import ModelConfig
@@ -106,7 +106,7 @@ def model_config(
         nonlocal_correction=variant in ("nonlocal", "nonlocal_efa"),
         nonlocal_kappa=1.0,
         nonlocal_p=6,
-        nonlocal_normalisation=nonlocal_normalisation,
+        nonlocal_normalization=nonlocal_normalization,
         **efa,
     )
 
@@ -196,7 +196,7 @@ def train_config(data: Path, variant: str, args: argparse.Namespace) -> Any:
             efa_max_length=args.efa_max_length,
             efa_max_frequency=args.efa_max_frequency,
             efa_grid_size=args.efa_grid_size,
-            nonlocal_normalisation=args.nonlocal_normalisation,
+            nonlocal_normalization=args.nonlocal_normalization,
         ),
     )
 
@@ -617,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="regenerate data / retrain existing models")
     parser.add_argument(
-        "--nonlocal-normalisation",
+        "--nonlocal-normalization",
         choices=("orthonormal", "racah"),
         default="orthonormal",
         help="spherical harmonics of eq. 14's SPHC distances: the paper's (default) or e3x's (before this revision)",

@@ -372,7 +372,7 @@ def test_sphc_distances_are_in_the_papers_normalisation():
 
 
 def test_racah_normalisation_option_measures_in_e3x_units():
-    """``nonlocal_normalisation="racah"`` (kept for comparisons): the distances of degree l are
+    """``nonlocal_normalization="racah"`` (kept for comparisons): the distances of degree l are
     √(4π/(2l+1)) times the orthonormal ones; anything else is refused."""
     from so3krates.model.nonlocal_correction import sphc_distances
 
@@ -386,5 +386,5 @@ def test_racah_normalisation_option_measures_in_e3x_units():
     racah = plain(sphc_distances(chi_i, chi_j, layout, orthonormal=False))
     orthonormal = plain(sphc_distances(chi_i, chi_j, layout))
     np.testing.assert_allclose(racah, orthonormal * np.sqrt(4 * np.pi / 5), rtol=1e-12)
-    with pytest.raises(ValueError, match="nonlocal_normalisation"):
-        ModelConfig(nonlocal_normalisation="schmidt")
+    with pytest.raises(ValueError, match="nonlocal_normalization"):
+        ModelConfig(nonlocal_normalization="schmidt")

@@ -31,3 +31,15 @@ def test_model_without_attention_biases_loads_with_zero_biases(tmp_path):
         rtol=1e-12,
     )
     assert jax.tree_util.tree_structure(loaded["params"]) == jax.tree_util.tree_structure(variables["params"])
+
+
+def test_configurations_with_the_old_spelling_still_load():
+    # Runs written before issue #20 saved eq. 14's normalisation under "nonlocal_normalisation".
+    from so3krates.model.config import ModelConfig
+    from so3krates.train.config import TrainConfig
+
+    assert ModelConfig.from_dict({"nonlocal_normalisation": "racah"}).nonlocal_normalization == "racah"
+    saved = TrainConfig().to_dict()
+    saved["model"] = {**saved["model"], "nonlocal_normalisation": "racah"}
+    del saved["model"]["nonlocal_normalization"]
+    assert TrainConfig.from_dict(saved).model.nonlocal_normalization == "racah"

@@ -21,7 +21,7 @@ from so3krates.potential import Potential
 from so3krates.train import checkpoint as ck
 from so3krates.train.config import TrainConfig, parse_count, parse_degrees, parse_duration
 from so3krates.train.loss import LossScales, batch_loss, structure_errors
-from so3krates.train.normalisation import energy_constant, fit_energy_shifts, force_rms, initial_normalization
+from so3krates.train.normalization import energy_constant, fit_energy_shifts, force_rms, initial_normalization
 from so3krates.train.optim import LearningRateSchedule, ema_update, make_optimizer
 
 TINY = ModelConfig(

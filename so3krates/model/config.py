@@ -25,7 +25,7 @@ class ModelConfig:
         nonlocal_correction: add the SPHC-space geometric correction (eq. 14, A.2).
         nonlocal_kappa: κ, the spherical cutoff is κ / n_atoms.
         nonlocal_p: p of the polynomial cutoff (eq. 29).
-        nonlocal_normalisation: the spherical harmonics eq. 14's SPHC distances are measured in:
+        nonlocal_normalization: the spherical harmonics eq. 14's SPHC distances are measured in:
             "orthonormal" (the paper's and its authors' release's, the default) or "racah" (e3x's,
             √(4π/(2l+1)) times larger; what this package used before, kept for comparisons, docs/cumulene.md).
         global_attention: None, or "efa" for Euclidean fast attention (see docs).
@@ -60,7 +60,7 @@ class ModelConfig:
     nonlocal_correction: bool = False
     nonlocal_kappa: float = 1.0
     nonlocal_p: int = 6
-    nonlocal_normalisation: str = "orthonormal"
+    nonlocal_normalization: str = "orthonormal"
     global_attention: str | None = None
     pseudotensor_paths: bool = True
     efa_qk_features: int = 16
@@ -85,9 +85,9 @@ class ModelConfig:
             raise ValueError(f"r_cut must be positive, got {self.r_cut}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        if self.nonlocal_normalisation not in ("orthonormal", "racah"):
+        if self.nonlocal_normalization not in ("orthonormal", "racah"):
             raise ValueError(
-                f"nonlocal_normalisation must be 'orthonormal' or 'racah', got {self.nonlocal_normalisation!r}"
+                f"nonlocal_normalization must be 'orthonormal' or 'racah', got {self.nonlocal_normalization!r}"
             )
         if self.global_attention not in (None, "efa"):
             raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
@@ -128,10 +128,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - known - {"nonlocal_normalisation"}
         if unknown:
             raise ValueError(f"unknown model options: {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
+        if "nonlocal_normalisation" in d:  # the spelling of configurations written before issue #20
+            d.setdefault("nonlocal_normalization", d.pop("nonlocal_normalisation"))
         if "degrees" in d:
             d["degrees"] = tuple(d["degrees"])
         return cls(**d)

@@ -78,7 +78,7 @@ def nonlocal_weight_fn(
     """χ ↦ φ_χcut(χ̃_ij) for the all-pairs list ``pairs`` of ``batch``, with the config's κ, p and
     normalisation (:func:`sphc_neighbourhood_weight`); the layers call it on their SPHCs."""
     n_atoms_of_pair = batch.n_atoms[batch.node_graph[batch.pair_i]]
-    orthonormal = config.nonlocal_normalisation == "orthonormal"
+    orthonormal = config.nonlocal_normalization == "orthonormal"
 
     def weight(chi: Array) -> Array:
         return sphc_neighbourhood_weight(

@@ -299,7 +299,7 @@ register_options(
         "nonlocal_p": Option(
             FIXED, MODEL, "p of the polynomial cutoff (eq. 29) of the non-local correction (default 6)"
         ),
-        "nonlocal_normalisation": Option(FIXED, flags=()),
+        "nonlocal_normalization": Option(FIXED, flags=()),
         "global_attention": Option(
             FIXED,
             MODEL,

@@ -5,7 +5,7 @@ Outline of :func:`train`:
 1. the data pipeline (``pipeline.py``): read the data (eV/Å), split it (or reload the saved split on
    resume), build every neighbour list once, and fix one padded shape for every batch (the largest batch
    any epoch can draw), so the train step and the evaluation step compile once each;
-2. normalisation from the training set (per-element shift, force-RMS scale; ``normalisation.py``), the
+2. normalisation from the training set (per-element shift, force-RMS scale; ``normalization.py``), the
    initial weights, or the state of the checkpoint on resume (``checkpoint.py``);
 3. the jitted steps (``steps.py``: eq. 35 loss, gradient, clipped Adam, EMA), on one device or sharded;
 4. per epoch: a permutation from ``default_rng([seed, epoch])``, one step per batch, validation with the
@@ -51,7 +51,7 @@ from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpo
 from so3krates.train.config import TrainConfig
 from so3krates.train.loss import UNIT_SCALES, LossScales
 from so3krates.train.metrics import predict_graphs, validation_metrics
-from so3krates.train.normalisation import energy_constant_of_shards, residual_energies
+from so3krates.train.normalization import energy_constant_of_shards, residual_energies
 from so3krates.train.optim import LearningRateSchedule
 from so3krates.train.pipeline import BatchShapes, TrainingData, batch_shapes, open_training_data, prefetch, symbols
 from so3krates.train.records import (
@@ -388,11 +388,8 @@ def _silent(line: str) -> None:
     """The log of processes other than 0: their lines would repeat process 0's."""
 
 
-_RECORDS, _STEPS = "so3krates.train.records", "so3krates.train.steps"
-__getattr__ = moved(
-    __name__,
-    {"make_steps": _STEPS, "TrainState": _STEPS, "NORMALISATION_FRAMES": "so3krates.train.normalisation"}
-    | dict.fromkeys(
-        ("write_metrics_csv", "plot_learning_curve", "METRICS_FILE", "CURVE_FILE", "TENSORBOARD_DIR"), _RECORDS
-    ),
-)
+_OLD_NAMES = {"make_steps": "so3krates.train.steps", "TrainState": "so3krates.train.steps"}
+_OLD_NAMES["NORMALISATION_FRAMES"] = "so3krates.train.normalization:NORMALIZATION_FRAMES"
+for _name in ("write_metrics_csv", "plot_learning_curve", "METRICS_FILE", "CURVE_FILE", "TENSORBOARD_DIR"):
+    _OLD_NAMES[_name] = "so3krates.train.records"
+__getattr__ = moved(__name__, _OLD_NAMES)

@@ -21,7 +21,7 @@ from so3krates.train.batching import max_device_pad_sizes
 from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from so3krates.train.config import TrainConfig, resume_config
 from so3krates.train.loss import LossScales
-from so3krates.train.normalisation import normalization_from_frames
+from so3krates.train.normalization import normalization_from_frames
 from so3krates.train.optim import LearningRateSchedule, make_optimizer
 from so3krates.train.pipeline import BatchCollator, BatchShapes, TrainingData
 from so3krates.train.steps import DeviceStep, TrainState, make_steps
