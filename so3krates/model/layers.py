@@ -331,11 +331,6 @@ class So3kratesLayer(nn.Module):
         return InteractionBlock(F, layout, self.parity_even_only, self.dtype, name="interaction")(x + dx, chi + dchi)
 
 
-def element_table(values: np.ndarray | Array, numbers: Array) -> Array:
-    """Look up per-element constants (scale, shift) for each atom: values[z_i]."""
-    return jnp.asarray(values)[numbers]
-
-
 __getattr__ = moved(
     "so3krates.model.layers",
     {
