@@ -14,16 +14,19 @@ def moved(old_module: str, names: Mapping[str, str]) -> Callable[[str], Any]:
     with a ``DeprecationWarning`` naming the new place."""
 
     def __getattr__(name: str) -> Any:
-        target = names.get(name, names.get("*"))
-        if target is None:
+        target = names.get(name, None if name.startswith("__") else names.get("*"))
+        if target is None:  # dunder lookups (import machinery, copy, pickle) are never forwarded
             raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
         module_name, _, new_name = target.partition(":")
         new_name = name if new_name in ("", "*") else new_name
+        module = importlib.import_module(module_name)
+        if not hasattr(module, new_name):  # a misspelt name: no deprecation warning, the plain error
+            raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
         warnings.warn(
             f"{old_module}.{name} is deprecated and goes in the next release: use {module_name}.{new_name}",
             DeprecationWarning,
             stacklevel=2,
         )
-        return getattr(importlib.import_module(module_name), new_name)
+        return getattr(module, new_name)
 
     return __getattr__

@@ -293,3 +293,36 @@ def test_yaml_options_resolve_data_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("max_time: soon\n")
     with pytest.raises(ValueError, match="bad.yaml: option max_time"):
         yaml_options(tmp_path / "bad.yaml")
+
+
+def test_python_resume_refuses_other_data(tmp_path):
+    # train(config, run_dir, resume=True) goes through run_configuration: the same checks as the CLI,
+    # the data's checksum included (a different file under the run's split would be silently wrong).
+    import json
+
+    import yaml
+
+    from so3krates import run_dir as rd
+    from so3krates.train.config import TrainConfig
+    from so3krates.train.pipeline import file_sha256
+    from so3krates.train.startup import run_configuration
+
+    first, other = tmp_path / "a.xyz", tmp_path / "b.xyz"
+    first.write_text("frames of the run\n")
+    other.write_text("other frames\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig(data=str(first), max_epochs=5)
+    (run / rd.CONFIG_FILE).write_text(yaml.safe_dump(saved.to_dict()))
+    (run / rd.METADATA_FILE).write_text(json.dumps({"format_version": 1, "data_sha256": file_sha256(first)}))
+
+    assert run_configuration(run, saved.replace(max_epochs=9), resume=True).max_epochs == 9
+    moved = tmp_path / "moved.xyz"
+    moved.write_text(first.read_text())  # the same content elsewhere is the same data
+    assert run_configuration(run, saved.replace(data=str(moved)), resume=True).data == str(moved)
+    with pytest.raises(ValueError, match="not the file .* was trained on"):
+        run_configuration(run, saved.replace(data=str(other)), resume=True)
+    with pytest.raises(ValueError, match="lr"):
+        run_configuration(run, saved.replace(lr=0.5), resume=True)
+    with pytest.raises(ValueError, match="already contains a training run"):
+        run_configuration(run, saved, resume=False)

@@ -43,3 +43,13 @@ def test_configurations_with_the_old_spelling_still_load():
     saved["model"] = {**saved["model"], "nonlocal_normalisation": "racah"}
     del saved["model"]["nonlocal_normalization"]
     assert TrainConfig.from_dict(saved).model.nonlocal_normalization == "racah"
+
+
+def test_the_old_keyword_still_works_with_a_warning():
+    import pytest
+
+    from so3krates.model.config import ModelConfig
+
+    with pytest.warns(DeprecationWarning, match="nonlocal_normalization"):
+        config = ModelConfig(nonlocal_normalisation="racah")
+    assert config.nonlocal_normalization == "racah" and "nonlocal_normalisation" not in config.to_dict()

@@ -4,10 +4,11 @@ Options come from the defaults (the paper's MD17 setting: Adam lr 1e-3, beta 0.9
 gradient clipping at norm 1), then --config FILE.yaml, then the flags below. The run directory
 receives the model (config.yaml, model.safetensors, metadata.json, split.npz), metrics.csv,
 TensorBoard events, learning_curve.png and checkpoint_latest.msgpack. To continue a stopped or
-killed run, repeat the command with --resume (only --max-epochs, --max-time and --patience may
-change). Without --data, a quick demonstration trains a small model on the bundled ethanol dataset
-in a few minutes. Example: so3krates train --data md17_ethanol.npz --energy-unit kcal/mol --loss-units eV
---n-train 1000 --n-valid 500 --out runs/ethanol; then: so3krates evaluate --model runs/ethanol.
+killed run, repeat the command with --resume (only --max-epochs, --max-time, --patience,
+--no-progress and the path of the same --data file may change). Without --data, a quick
+demonstration trains a small model on the bundled ethanol dataset in a few minutes. Example:
+so3krates train --data md17_ethanol.npz --energy-unit kcal/mol --loss-units eV --n-train 1000
+--n-valid 500 --out runs/ethanol; then: so3krates evaluate --model runs/ethanol.
 """
 
 from __future__ import annotations
@@ -120,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out)
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{run_dir} holds no training run to resume (no config.yaml)")
-        config = _resume_config(args, run_dir)
-        _check_same_data(config, run_dir)
+        config = _resume_config(args, run_dir)  # train() checks the data is the run's (checksum)
     else:
         config = resolve_config(args)
         run_dir = Path(args.out) if args.out else _default_out(config)
@@ -142,18 +142,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"model saved to {run_dir}")
     print(f"evaluate it with: so3krates evaluate --model {run_dir} --split test")
     return 0
-
-
-def _check_same_data(config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to resume on a file that is not the one the run started with (checksum)."""
-    from so3krates.run_dir import read_metadata
-    from so3krates.train.pipeline import default_dataset_path, file_sha256
-
-    expected = read_metadata(run_dir).get("data_sha256")
-    path = Path(config.data) if config.data else default_dataset_path()
-    if path.is_dir():
-        return  # a stream directory: the split's frame indices are checked against its length on resume
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the run's training file does not exist (moved? give --data)")
-    if expected and file_sha256(path) != expected:
-        raise ValueError(f"{path} is not the file {run_dir} was trained on (its checksum differs)")

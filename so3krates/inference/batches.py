@@ -84,11 +84,13 @@ def energy_forces_fn(potential: Potential, n_atoms: int):  # noqa: ANN201 (a clo
     in float64.
     """
 
-    def fn(positions: Array, neighbours: Neighbours, *, variables: Variables, template: Batch) -> tuple[Array, Array]:
+    def fn(
+        positions: Array, neighbours: Neighbours, *, variables: Variables, template: Batch, radial_table: Any = None
+    ) -> tuple[Array, Array]:
         pad = template.positions.shape[0] - n_atoms
         full = jnp.concatenate([positions, jnp.zeros((pad, 3), positions.dtype)])
         batch = with_neighbours(template, neighbours).replace(positions=full)
-        out = potential.predict(variables, batch)
+        out = potential.predict(variables, batch, radial_table=radial_table)  # radial_table: deprecated
         return out["interaction_energy"][0], out["forces"][:n_atoms]
 
     return fn

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import InitVar, asdict, dataclass, fields
 from typing import Any
 
 
@@ -70,8 +71,18 @@ class ModelConfig:
     efa_grid_size: int = 50
     efa_layers: tuple[int, ...] | None = None
     remat: bool = False
+    # The spelling before issue #20, accepted as a keyword for one release (not a field: never saved).
+    nonlocal_normalisation: InitVar[str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, nonlocal_normalisation: str | None = None) -> None:
+        if nonlocal_normalisation is not None:
+            warnings.warn(
+                "ModelConfig(nonlocal_normalisation=...) is deprecated and goes in the next release: use "
+                "nonlocal_normalization",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "nonlocal_normalization", nonlocal_normalisation)
         object.__setattr__(self, "degrees", tuple(sorted(int(l) for l in self.degrees)))
         object.__setattr__(self, "remat", bool(self.remat))
         if self.features % self.num_heads:

@@ -23,7 +23,7 @@ from so3krates.train.config import TrainConfig, resume_config
 from so3krates.train.loss import LossScales
 from so3krates.train.normalization import normalization_from_frames
 from so3krates.train.optim import LearningRateSchedule, make_optimizer
-from so3krates.train.pipeline import BatchCollator, BatchShapes, TrainingData
+from so3krates.train.pipeline import BatchCollator, BatchShapes, TrainingData, default_dataset_path, file_sha256
 from so3krates.train.steps import DeviceStep, TrainState, make_steps
 
 
@@ -36,7 +36,20 @@ def run_configuration(run_dir: Path, config: TrainConfig, resume: bool) -> Train
     if resume and (run_dir / rd.CONFIG_FILE).exists():
         saved = TrainConfig.from_dict(rd.read_config(run_dir), where=str(run_dir / rd.CONFIG_FILE))
         config = resume_config(saved, config)
+        _check_same_data(config, run_dir)
     return config
+
+
+def _check_same_data(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to resume on a file that is not the one the run started with (its checksum in metadata.json)."""
+    expected = rd.read_metadata(run_dir).get("data_sha256") if (run_dir / rd.METADATA_FILE).exists() else None
+    path = Path(config.data) if config.data else default_dataset_path()
+    if path.is_dir():
+        return  # a stream directory: the split's frame indices are checked against its length on resume
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run's training file does not exist (moved? give --data)")
+    if expected and file_sha256(path) != expected:
+        raise ValueError(f"{path} is not the file {run_dir} was trained on (its checksum differs)")
 
 
 @dataclass(frozen=True)
