@@ -12,15 +12,13 @@ The model always predicts eV and Å (ASE units) whatever units the user trained 
 records the user's units so that evaluation can report errors in them.
 
 Every file is written to a temporary name in the same directory and moved into place with
-``os.replace`` (atomic on POSIX), so a crash never leaves a half-written file under the real name.
+``os.replace`` (:mod:`so3krates.files`), so a crash never leaves a half-written file under the real name.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import numpy as np
 import yaml
 
 from so3krates.deprecation import moved
+from so3krates.files import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
@@ -39,39 +38,6 @@ HOST_FLOAT64 = ("normalization/shift", "normalization/energy_offset")
 # Models saved before the attention projections got biases (as in the authors' release) are the same
 # models with those biases zero: they load, with zeros filled in.
 LEGACY_ZERO_BIAS = re.compile(r"params/layer_\d+/(feature_query|feature_key|feature_value|sphc_query|sphc_key)/bias")
-
-
-# -- atomic writes ------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file beside it, then os.replace.
-
-    If ``write`` raises (or the process dies) the previous content of ``path`` is untouched; the
-    temporary file is removed on an exception.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Atomically replace ``path`` by ``data``."""
-    atomic_write(path, lambda f: f.write(data), "wb")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically replace ``path`` by ``text`` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # -- weights ------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ import sys
 
 from so3krates import __version__, runtime
 
+EXIT_BAD_INPUT = 2  # bad input, an unwritable output, a refused overwrite: a message, never a traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
+
 # subcommand name -> module in so3krates.cli that defines ``add_arguments(parser)`` and ``run(args)``.
 SUBCOMMANDS = {
     "train": ("train", "train a force field on reference data"),
@@ -47,10 +50,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except KeyboardInterrupt:  # Ctrl-C: what was written so far stays; the shell learns it was cut short
+        print(f"so3krates {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, KeyError) as err:
         # Users get the message, not a traceback from deep inside JAX.
-        print(f"so3krates {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"so3krates {args.command}: error: {_message(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _message(err: Exception) -> str:
+    """One line for the user; an OS error names its file first (``path: No space left on device``)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 def console_main() -> int:

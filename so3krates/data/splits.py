@@ -1,18 +1,20 @@
 """Random train / validation / test splits of frame indices; saved as npz (default) or json.
 
 A split is ``{"train": (n_train,), "valid": (n_valid,), "test": (n_test,)}`` int64 sorted frame
-indices, pairwise disjoint. Files are written atomically (temporary file in the same folder, then
-``os.replace``), so a crash never leaves a half-written split that a later run would trust.
+indices, pairwise disjoint. Files are written atomically (:func:`so3krates.files.atomic_write`), so a
+crash never leaves a half-written split that a later run would trust.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from so3krates.files import atomic_write
 
 SPLIT_KEYS = ("train", "valid", "test")
 
@@ -93,21 +95,14 @@ def save_split(path: str | os.PathLike, split: dict[str, np.ndarray]) -> None:
         if a.ndim != 1 or (a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0)):
             raise ValueError(f"split[{k!r}] must be a 1-D array of frame indices >= 0, got {a.dtype} {a.shape}")
         arrays[k] = a.astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if _is_json(path):
-                fh.write((json.dumps({k: a.tolist() for k, a in arrays.items()}) + "\n").encode())
-            else:
-                np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(fh: Any) -> None:
+        if _is_json(path):
+            fh.write((json.dumps({k: a.tolist() for k, a in arrays.items()}) + "\n").encode())
+        else:
+            np.savez(fh, **arrays)
+
+    atomic_write(path, write)
 
 
 def load_split(path: str | os.PathLike, n_frames: int | None = None) -> dict[str, np.ndarray]:

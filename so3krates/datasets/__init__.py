@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from importlib import resources
 
+from so3krates.files import atomic_write
+
 __all__ = ["available", "path", "cache_dir"]
 
 _SUFFIX = ".extxyz.gz"
@@ -53,11 +55,8 @@ def _decompressed(src: pathlib.Path, name: str) -> pathlib.Path:
         if target.is_file():
             return target
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}-", suffix=".part")
-            with os.fdopen(fd, "wb") as dst, gzip.open(src, "rb") as f:
-                shutil.copyfileobj(f, dst)
-            os.replace(tmp, target)  # atomic: concurrent callers never see a partial file
+            with gzip.open(src, "rb") as f:  # atomic: concurrent callers never see a partial file
+                atomic_write(target, lambda dst: shutil.copyfileobj(f, dst))  # noqa: B023 - called at once
             return target
         except OSError:
             continue

@@ -22,7 +22,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from so3krates.run_dir import atomic_write_bytes
+from so3krates.files import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint_latest.msgpack"
 CHECKPOINT_FORMAT = "so3krates-checkpoint"

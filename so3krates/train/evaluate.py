@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from so3krates import files, validation
 from so3krates import run_dir as rd
-from so3krates import validation
 from so3krates.data import Frames
 from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
 from so3krates.inference import load_force_field
@@ -125,7 +125,7 @@ def evaluate_model(
         out_dir = model_dir / (f"evaluation_{split}" if is_training_file else f"evaluation_{data.name.split('.')[0]}")
     result_dir = Path(out_dir)
     result_dir.mkdir(parents=True, exist_ok=True)
-    rd.atomic_write_text(result_dir / "metrics.json", json.dumps(_finite(metrics), indent=2, ensure_ascii=False))
+    files.atomic_write_text(result_dir / "metrics.json", json.dumps(_finite(metrics), indent=2, ensure_ascii=False))
     _write_predictions(result_dir / "predictions.npz", indices, numbers, scales, energy_ref, forces_ref, pred)
     if plot:
         parity_plot(result_dir / "parity.png", scales, energy_unit, length_unit, energy_ref, forces_ref, pred)
@@ -234,7 +234,7 @@ def _write_predictions(
 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    rd.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def parity_plot(
@@ -280,7 +280,7 @@ def parity_plot(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    rd.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_table(metrics: dict[str, Any]) -> str:

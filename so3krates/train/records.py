@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from so3krates import files
 from so3krates import run_dir as rd
 from so3krates.train.config import TrainConfig
 from so3krates.train.pipeline import TrainingData, file_sha256, symbols
@@ -75,8 +76,8 @@ def start_run_directory(
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         rd.save_split_file(run_dir / rd.SPLIT_FILE, split)
-        rd.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
-        rd.atomic_write_text(
+        files.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
+        files.atomic_write_text(
             run_dir / rd.METADATA_FILE, json.dumps(stamped(metadata, started=now()), indent=2, ensure_ascii=False)
         )
     return metadata
@@ -108,7 +109,7 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if finite_or_none(v) is None else v) for k, v in row.items()})
-    rd.atomic_write_text(path, buffer.getvalue())
+    files.atomic_write_text(path, buffer.getvalue())
 
 
 class EpochRecords:
@@ -197,7 +198,7 @@ def plot_learning_curve(path: Path, history: list[dict[str, Any]], energy_unit: 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    rd.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def training_summary(
