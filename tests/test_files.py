@@ -68,3 +68,14 @@ def test_check_writable_dir(tmp_path: Path) -> None:
 
 def test_sha256_of_chunks_equals_sha256_of_their_concatenation() -> None:
     assert files.sha256([b"ab", b"c"]) == files.sha256(b"abc") != files.sha256(b"abd")
+
+
+def test_a_trained_run_has_the_users_permissions(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every file `so3krates train` wrote (through the CLI) is readable as the umask allows, not 0600."""
+    from test_train_helpers import trained_run
+
+    run_dir, _, _ = trained_run(tmp_path_factory)
+    written = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"model.safetensors", "config.yaml", "metadata.json", "split.npz"}
+    for p in written:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~files.umask(), p
