@@ -15,7 +15,7 @@ import pytest
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from so3krates.data import Frames, read_frames
+from so3krates.data import Frames, UnitsWarning, read_frames
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KCAL = units.kcal / units.mol
@@ -316,7 +316,8 @@ def test_extxyz_info_keys_and_fallbacks(tmp_path):
     f = read_frames(path, require_energy=True, require_forces=True)  # no calculator: REF_* fallback
     np.testing.assert_allclose(f.energy, [a.info["REF_energy"] for a in images])
     np.testing.assert_allclose(f.forces[1], images[1].arrays["REF_forces"], rtol=1e-6, atol=1e-9)
-    g = read_frames(path, energy_key="dft_energy", forces_key="REF_forces", energy_unit="Hartree")
+    with pytest.warns(UnitsWarning, match="forces are implausibly large"):  # random forces, read as Hartree/Å
+        g = read_frames(path, energy_key="dft_energy", forces_key="REF_forces", energy_unit="Hartree")
     np.testing.assert_allclose(g.energy, [a.info["dft_energy"] * units.Hartree for a in images])
     with pytest.raises(ValueError, match=r"ref\.xyz: key 'xc_energy' \(energy, named by the user\) missing in frame 0"):
         read_frames(path, energy_key="xc_energy")
@@ -344,17 +345,21 @@ def test_extxyz_missing_and_mixed_labels(tmp_path):
     f = read_frames(path)
     assert f.energy is None and f.forces is None
     with pytest.raises(
-        ValueError, match=r"bare\.extxyz: key 'forces': frame 0 has no forces \(forces required in every frame\)"
+        ValueError,
+        match=r"bare\.extxyz: key 'forces': frame 0 \(line 1\) has no forces \(forces required in every frame\)",
     ):
         read_frames(path, require_forces=True)
-    with pytest.raises(ValueError, match=r"bare\.extxyz: key 'energy': frame 0 has no energy .*required"):
+    with pytest.raises(ValueError, match=r"bare\.extxyz: key 'energy': frame 0 \(line 1\) has no energy .*required"):
         read_frames(path, require_energy=True)
     path2 = tmp_path / "mixed.extxyz"
     ase.io.write(path2, [images[0], bare[1], images[2]], format="extxyz")
-    with pytest.raises(ValueError, match=r"mixed\.extxyz: key 'energy': frame 1 has no energy but frame 0 has"):
+    with pytest.raises(
+        ValueError, match=r"mixed\.extxyz: key 'energy': frame 1 \(line \d+\) has no energy but frame 0 \(line 1\) has"
+    ):
         read_frames(path2)
     with pytest.raises(
-        ValueError, match=r"mixed\.extxyz: key 'forces': frame 1 has no forces \(forces required in every frame\)"
+        ValueError,
+        match=r"mixed\.extxyz: key 'forces': frame 1 \(line \d+\) has no forces \(forces required in every frame\)",
     ):
         read_frames(path2, require_forces=True)
     # only the selected frames count
@@ -367,20 +372,20 @@ def test_extxyz_bad_values(tmp_path):
     path = tmp_path / "close.extxyz"
     ase.io.write(path, bad, format="extxyz")
     with pytest.raises(
-        ValueError, match=r"close\.extxyz: key 'positions': frame 2: atoms 0 \(C\) and 1 \(C\) .*0\.1 Å"
+        ValueError, match=r"close\.extxyz: key 'positions': frame 2 \(line \d+\): atoms 0 \(C\) and 1 \(C\) .*0\.1 Å"
     ):
         read_frames(path)
     nan = _atoms_list(2)
     nan[1].calc.results["forces"][2, 1] = np.nan
     path = tmp_path / "nan.extxyz"
     ase.io.write(path, nan, format="extxyz")
-    with pytest.raises(ValueError, match=r"nan\.extxyz: key 'forces': frame 1 has NaN or infinite forces"):
+    with pytest.raises(ValueError, match=r"nan\.extxyz: key 'forces': frame 1 \(line \d+\) has NaN or infinite forces"):
         read_frames(path)
     inf = _atoms_list(2)
     inf[1].calc.results["energy"] = np.inf
     path = tmp_path / "inf.extxyz"
     ase.io.write(path, inf, format="extxyz")
-    with pytest.raises(ValueError, match=r"inf\.extxyz: key 'energy': frame 1 has NaN or infinite energy"):
+    with pytest.raises(ValueError, match=r"inf\.extxyz: key 'energy': frame 1 \(line \d+\) has NaN or infinite energy"):
         read_frames(path)
     heavy = _atoms_list(2)
     heavy[1].numbers[3] = 119
@@ -418,7 +423,7 @@ def test_periodic_minimum_image_and_small_cells(tmp_path):
     path = tmp_path / "wrap.extxyz"
     ase.io.write(path, [a.copy(), a], format="extxyz")
     with pytest.raises(
-        ValueError, match=r"wrap\.extxyz: key 'positions': frame 0: atom 0 \(H\) and the periodic image"
+        ValueError, match=r"wrap\.extxyz: key 'positions': frame 0 \(line 1\): atom 0 \(H\) and the periodic image"
     ):
         read_frames(path)
     a.pbc = [False, True, True]  # not periodic along x: the same coordinates are fine
@@ -430,7 +435,9 @@ def test_periodic_minimum_image_and_small_cells(tmp_path):
     # a cell so small that an atom meets its own image
     tiny = Atoms("Ar", positions=[[0, 0, 0]], cell=np.diag([0.05, 5.0, 5.0]), pbc=True)
     ase.io.write(path, [tiny], format="extxyz")
-    with pytest.raises(ValueError, match=r"frame 0: atom 0 \(Ar\) and the periodic image of atom 0 .*0\.05 Å apart"):
+    with pytest.raises(
+        ValueError, match=r"frame 0 \(line 1\): atom 0 \(Ar\) and the periodic image of atom 0 .*0\.05 Å apart"
+    ):
         read_frames(path)
 
 
@@ -468,7 +475,8 @@ def test_ase_db_key_value_pairs_and_data(tmp_path):
             e, f = float(rng.normal()), rng.normal(size=(3, 3))
             db.write(a, dft_energy=e, data={"dft_forces": f})
             ref.append((e, f))
-    f = read_frames(path, energy_key="dft_energy", forces_key="dft_forces", energy_unit="Hartree")
+    with pytest.warns(UnitsWarning, match="forces are implausibly large"):  # random forces, read as Hartree/Å
+        f = read_frames(path, energy_key="dft_energy", forces_key="dft_forces", energy_unit="Hartree")
     np.testing.assert_allclose(f.energy, [e * units.Hartree for e, _ in ref])
     np.testing.assert_allclose(f.forces[2], ref[2][1] * units.Hartree)
     with pytest.raises(ValueError, match=r"kv\.db: key 'wB97_energy' \(energy.*frame 0; info keys: \['dft_energy'"):
@@ -583,3 +591,82 @@ def test_frames_shape_errors():
         Frames(positions=[np.zeros((2, 3))], numbers=[[1, 1]], stress=np.zeros((2, 3, 3)), **one)
     empty = Frames([], [], None, None, np.zeros((0, 3, 3)), np.zeros((0, 3)))
     assert len(empty) == 0 and empty.elements == [] and empty.n_atoms.shape == (0,)
+
+
+# -- npz keys: the authors' mlff convention, sGDML metadata, keys that are not understood (issue #19) -----
+
+
+def test_npz_mlff_convention_padding_cell_and_ignored_keys(tmp_path):
+    rng = np.random.default_rng(3)
+    pos = np.stack([_molecule(rng, 5) for _ in range(3)]) + 1.0
+    z = np.array([[6, 1, 1, 0, 0], [6, 1, 1, 8, 0], [6, 1, 1, 8, 1]])
+    path = tmp_path / "mlff.npz"
+    np.savez(
+        path, R=pos, z=z, E=rng.normal(size=(3, 1)), F=rng.normal(size=(3, 5, 3)), unit_cell=np.eye(3) * 12.0,
+        idx_i=np.zeros((3, 8), int), idx_j=np.zeros((3, 8), int), Q=np.zeros((3, 1)), q=np.zeros((3, 5)),
+    )  # fmt: skip
+    f = read_frames(path)
+    assert f.n_atoms.tolist() == [3, 4, 5]  # Z = 0 after the last atom is padding
+    assert f.pbc.all()  # 'unit_cell' is the cell: periodic (no pbc key: non-zero cell vectors)
+    np.testing.assert_allclose(f.cell[0], np.eye(3) * 12.0)
+    np.savez(path, R=pos, z=z, unit_cell=np.eye(3) * 12.0, pbc=np.array([True, True, False]))
+    assert read_frames(path).pbc.tolist() == [[True, True, False]] * 3  # an explicit pbc wins
+    np.savez(path, R=pos, z=z, node_mask=z > 0)
+    assert read_frames(path).n_atoms.tolist() == [3, 4, 5]
+    mask = z > 0
+    mask[0, 3] = True  # the mask says atom 3 of frame 0 is real, but its Z is 0
+    np.savez(path, R=pos, z=z, node_mask=mask)
+    with pytest.raises(ValueError, match=r"mlff\.npz: key 'z': frame 0: atom 3 has atomic number 0.*node_mask marks"):
+        read_frames(path)
+
+
+def test_npz_sgdml_metadata_is_read_and_unknown_keys_are_refused(tmp_path):
+    path = tmp_path / "meta.npz"
+    meta = {k: np.array("x") for k in ("type", "code_version", "name", "theory", "md5")}
+    stats = {f"{q}_{s}": np.array(1.0) for q in "EF" for s in ("min", "max", "mean", "var")}
+    data = _sgdml(path, **meta, **stats, perms=np.arange(5)[None], e_unit=np.array("eV"), r_unit=np.array("Ang"))
+    np.testing.assert_allclose(read_frames(path).energy, data["E"].ravel())
+    _sgdml(path, dipole=np.zeros((4, 3)), charges=np.zeros((4, 5)))
+    with pytest.raises(
+        ValueError, match=r"meta\.npz: keys \['charges', 'dipole'\] not understood.*understood keys: pos"
+    ):
+        read_frames(path)
+
+
+def test_npz_ambiguous_keys_and_user_named_labels(tmp_path):
+    path = tmp_path / "two.npz"
+    _sgdml(path, lattice=np.eye(3) * 9, cell=np.eye(3) * 9)
+    with pytest.raises(ValueError, match=r"two\.npz: keys \['cell', 'lattice'\] all hold the cell: keep one"):
+        read_frames(path)
+    data = _sgdml(path, E_dft=np.zeros(4), energy=np.ones(4))
+    with pytest.raises(ValueError, match=r"keys \['E', 'energy'\] all hold the energy: keep one \(or name"):
+        read_frames(path)
+    f = read_frames(path, energy_key="E_dft")  # a named label is understood; the unnamed 'E'/'energy' too
+    np.testing.assert_allclose(f.energy, 0.0)
+    assert data["E"].shape == (4, 1)
+
+
+def test_npz_file_units_are_used_and_contradictions_refused(tmp_path):
+    path = tmp_path / "u.npz"
+    data = _sgdml(path, e_unit=np.array("kcal/mol"), r_unit=np.array("bohr"))
+    f = read_frames(path)
+    np.testing.assert_allclose(f.energy, data["E"].ravel() * units.kcal / units.mol)
+    np.testing.assert_allclose(f.positions[0], data["R"][0] * units.Bohr)
+    assert read_frames(path, energy_unit="kcal/mol", length_unit="Bohr").energy[0] == f.energy[0]
+    with pytest.raises(ValueError, match=r"u\.npz: length unit Å was given \(--length-unit.*'r_unit' says 'bohr'"):
+        read_frames(path, length_unit="Å")
+    _sgdml(path, e_unit=np.array([1.0]))
+    with pytest.raises(ValueError, match=r"u\.npz: key 'e_unit' \(energy unit\) must be one string"):
+        read_frames(path)
+
+
+def test_train_config_takes_the_file_units(tmp_path):
+    from so3krates.train.config import TrainConfig
+
+    path = tmp_path / "u.npz"
+    _sgdml(path, e_unit=np.array("kcal/mol"))
+    config = TrainConfig(data=str(path))
+    assert (config.energy_unit, config.length_unit) == ("kcal/mol", "Å")  # saved so in config.yaml, metadata.json
+    assert TrainConfig(data=str(tmp_path / "other.xyz")).energy_unit == "eV"  # no unit keys: as before
+    with pytest.raises(ValueError, match=r"u\.npz: energy unit Hartree was given"):
+        TrainConfig(data=str(path), energy_unit="Hartree", length_unit=None)

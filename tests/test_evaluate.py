@@ -14,6 +14,7 @@ from ase.units import kcal, mol
 from test_train_helpers import trained_run
 
 from so3krates.cli.main import main
+from so3krates.data import UnitsWarning
 from so3krates.train.evaluate import evaluate_model
 
 
@@ -28,7 +29,8 @@ def test_other_file_in_other_units(tmp_path_factory: pytest.TempPathFactory, tmp
         converted.append(copy)
     other = tmp_path / "kcal.extxyz"
     ase.io.write(other, converted, format="extxyz")
-    with pytest.raises(ValueError, match="not the file .* was trained on.*--split all"):
+    # read in the training units (eV) its forces look 23× too large: a UnitsWarning, then the split error
+    with pytest.warns(UnitsWarning), pytest.raises(ValueError, match="not the file .* was trained on.*--split all"):
         evaluate_model(run_dir, data=other, split="test", write=False)
     in_kcal = evaluate_model(run_dir, data=other, energy_unit="kcal/mol", out_dir=tmp_path / "eval", plot=False)
     assert in_kcal.metrics["split"] == "all" and in_kcal.metrics["n_structures"] == len(frames)

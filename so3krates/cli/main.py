@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from so3krates import __version__, runtime
 
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # the package's own warnings as one line each, as its errors are
+            warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: what was written so far stays; the shell learns it was cut short
         print(f"so3krates {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -57,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         # Users get the message, not a traceback from deep inside JAX.
         print(f"so3krates {args.command}: error: {_message(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _warning_printer(command: str, default):  # noqa: ANN001, ANN202 - warnings.showwarning's signature
+    """``so3krates CMD: warning: ...`` for warnings the package defines (e.g. ``UnitsWarning``); Python's
+    display, which shows the source line that warned, for any other."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if not category.__module__.startswith("so3krates"):
+            return default(message, category, filename, lineno, file, line)
+        print(f"so3krates {command}: warning: {message}", file=file or sys.stderr)
+        return None
+
+    return show
 
 
 def _message(err: Exception) -> str:

@@ -16,14 +16,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from so3krates.data import Frames, read_frames
+from so3krates.data.npz import declared_units
 from so3krates.data.stream import StreamDataset, write_stream
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", metavar="FILE", help="input file(s), appended in order")
     parser.add_argument("--out", required=True, metavar="DIR", help="stream directory to create")
-    parser.add_argument("--energy-unit", default="eV", help="energy unit of the input (default eV)")
-    parser.add_argument("--length-unit", default="Å", help="length unit of the input (default Å)")
+    parser.add_argument(
+        "--energy-unit",
+        default=None,
+        help="energy unit of the input (default: the file's e_unit if it has one, else eV)",
+    )
+    parser.add_argument(
+        "--length-unit",
+        default=None,
+        help="length unit of the input (default: the file's r_unit if it has one, else Å)",
+    )
     parser.add_argument("--energy-key", default=None, help="name of the energy label in the input")
     parser.add_argument("--forces-key", default=None, help="name of the forces label in the input")
     parser.add_argument("--stress-key", default=None, help="name of the stress label in the input")
@@ -32,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _chunks(args: argparse.Namespace) -> Iterator[Frames]:
     for path in args.data:
+        given = {"energy": args.energy_unit, "length": args.length_unit}
+        for kind, (key, text) in declared_units(path).items():
+            if given[kind] is None:
+                print(f"{path}: {kind} unit {text!r}, from the file's key {key!r}")
         yield read_frames(
             path,
             energy_unit=args.energy_unit,

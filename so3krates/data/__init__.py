@@ -5,6 +5,8 @@ can be read and checked without the ML stack.
 """
 
 from so3krates.data.frames import Frames
+from so3krates.data.npz import declared_units
+from so3krates.data.plausibility import UnitsWarning, check_units
 from so3krates.data.readers import read_frames
 from so3krates.data.splits import load_split, make_split, save_split
 from so3krates.data.units import (
@@ -19,6 +21,7 @@ from so3krates.data.units import (
     length_factor,
     length_from_angstrom,
     length_unit_name,
+    resolve_units,
     stress_factor,
     stress_from_ev,
 )
@@ -26,6 +29,10 @@ from so3krates.data.units import (
 __all__ = [
     "Frames",
     "read_frames",
+    "UnitsWarning",
+    "check_units",
+    "declared_units",
+    "resolve_units",
     "make_split",
     "save_split",
     "load_split",

@@ -14,6 +14,9 @@ import numpy as np
 
 from so3krates.data.frames import stress_3x3
 from so3krates.data.raw import LABELS, RawFrames, parse_index, select_frames
+from so3krates.data.xyz_scan import locate_failure, scan_file
+
+XYZ_FORMATS = ("extxyz", "xyz")  # scanned for the frame and line of a problem (so3krates.data.xyz_scan)
 
 FALLBACK_KEYS = {
     "energy": ("energy", "Energy", "REF_energy"),
@@ -24,10 +27,10 @@ FALLBACK_KEYS = {
 
 def read_ase(path: Path, keys: dict[str, str | None], index: str | int | slice) -> RawFrames:
     """Frames of any file ``ase.io.read`` reads, with their labels (see the module docstring)."""
-    images, ids = _read_images(path, index)
-    raw = RawFrames(frame_ids=ids)
+    images, ids, lines = _read_images(path, index)
+    raw = RawFrames(frame_ids=ids, lines=lines)
     used = {q: keys[q] or q for q in LABELS}
-    for k, atoms in zip(ids, images, strict=True):
+    for k, atoms in zip(raw.frame_labels(), images, strict=True):
         values = _frame_labels(atoms, keys, used, raw, path, k)
         raw.positions.append(np.asarray(atoms.positions, dtype=np.float64))
         raw.numbers.append(np.asarray(atoms.numbers, dtype=np.int64))
@@ -42,8 +45,9 @@ def read_ase(path: Path, keys: dict[str, str | None], index: str | int | slice) 
     return raw
 
 
-def _read_images(path: Path, index: str | int | slice) -> tuple[list, list[int]]:
-    """(atoms, file frame numbers) of the selected frames; any read failure is a ValueError naming the file."""
+def _read_images(path: Path, index: str | int | slice) -> tuple[list, list[int], dict[int, int]]:
+    """(atoms, file frame numbers, line of each frame's header in a text file) of the selected frames; any
+    read failure is a ValueError naming the file (and for XYZ files the frame and line)."""
     import ase.io
     from ase.io.formats import UnknownFileTypeError, filetype
 
@@ -54,10 +58,8 @@ def _read_images(path: Path, index: str | int | slice) -> tuple[list, list[int]]
     as_fmt = f" as {fmt}" if fmt else ""
     try:
         if fmt in ("db", "json"):
-            return _read_ase_db(path, index)
+            return (*_read_ase_db(path, index), {})
         images = ase.io.read(str(path), index=parse_index(index, path))
-        images = images if isinstance(images, list) else [images]
-        return images, _ase_ids(index, len(images), path)
     except UnknownFileTypeError as err:
         if str(err).startswith("Empty file"):  # also a gzip file that decompresses to nothing
             raise ValueError(f"{path}: empty dataset (the file is empty)") from None
@@ -66,13 +68,23 @@ def _read_images(path: Path, index: str | int | slice) -> tuple[list, list[int]]
             "or a format ase.io.read knows (extxyz, .xyz.gz, ASE .db, .traj, ...)"
         ) from None
     except StopIteration:
-        return [], []
-    except ValueError as err:
-        if str(err).startswith(f"{path}: "):  # ours (bad frame index), already clear
-            raise
-        raise ValueError(f"{path}: cannot read{as_fmt} (ValueError: {err})") from None
+        return [], [], {}
     except Exception as err:  # noqa: BLE001 - any parse failure means a bad file
+        if isinstance(err, ValueError) and str(err).startswith(f"{path}: "):  # ours (bad frame index), clear
+            raise
+        where = locate_failure(path) if fmt in XYZ_FORMATS else None
+        if where is not None:
+            raise ValueError(f"{path}: {where}") from None
         raise ValueError(f"{path}: cannot read{as_fmt} ({type(err).__name__}: {err})") from None
+    images = images if isinstance(images, list) else [images]
+    ids = _ase_ids(index, len(images), path)
+    if fmt not in XYZ_FORMATS:
+        return images, ids, {}
+    found = scan_file(path)  # ASE stops at a blank line without a word: frames after it would be lost
+    if found.problem is not None:
+        raise ValueError(f"{path}: {found.problem}")
+    exact = _exact_ids(index, path)
+    return images, ids, {i: found.headers[i] for i in ids if exact and i < len(found.headers)}
 
 
 def _frame_labels(
@@ -145,11 +157,21 @@ def _read_ase_db(path: Path, index: str | int | slice) -> tuple[list, list[int]]
     return [rows[i].toatoms(add_additional_information=True) for i in ids], ids
 
 
+def _exact_ids(index: str | int | slice, path: Path) -> bool:
+    """Whether frames read with ``index`` can be numbered as in the file without knowing its length."""
+    idx = parse_index(index, path)
+    if isinstance(idx, int):
+        return idx >= 0
+    return (idx.start or 0) >= 0 and (idx.step or 1) > 0
+
+
 def _ase_ids(index: str | int | slice, count: int, path: Path) -> list[int]:
     """File frame numbers of ``count`` frames read with ``index`` (else positions in the selection)."""
     idx = parse_index(index, path)
-    if isinstance(idx, int) and idx >= 0:
+    if not _exact_ids(index, path):
+        return list(range(count))
+    if isinstance(idx, int):
         return [idx]
-    if isinstance(idx, slice) and (idx.start or 0) >= 0 and (idx.step or 1) > 0:
-        return [(idx.start or 0) + k * (idx.step or 1) for k in range(count)]
-    return list(range(count))  # negative indices: the file length is unknown without reading it twice
+    return [
+        (idx.start or 0) + k * (idx.step or 1) for k in range(count)
+    ]  # negative indices: the file length is unknown without reading it twice

@@ -1,7 +1,10 @@
-"""Read npz data files (sGDML/MD17 keys ``R``/``z``/``E``/``F`` or generic ``positions``/``atomic_numbers``/...).
+"""Read npz data files: sGDML/MD17 (``R z E F``), the So3krates authors' mlff files (``R z E F unit_cell
+pbc node_mask idx_i idx_j Q q``) and the generic ``positions atomic_numbers energy forces cell pbc stress``.
 
-Arrays are checked and selected as whole arrays (fast for 10⁵ frames), then split into per-frame views;
-units are converted and physics checked afterwards, by :mod:`so3krates.data.readers`.
+Every key of the file must be understood (:data:`KNOWN_KEYS`, or a label named by the user): a key this
+reader does not know is refused, naming it, rather than dropped in silence. Arrays are checked and
+selected as whole arrays (fast for 10⁵ frames), then split into per-frame views; units are converted and
+physics checked afterwards, by :mod:`so3krates.data.readers`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,37 @@ import numpy as np
 
 from so3krates.data.raw import LABELS, RawFrames, select_frames
 from so3krates.validation import check_finite
+
+#: each quantity's key names, any one of them (two in one file are refused as ambiguous)
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "positions": ("R", "positions"),
+    "atomic numbers": ("z", "atomic_numbers", "numbers"),
+    "cell": ("cell", "lattice", "unit_cell"),
+    "energy": ("E", "energy"),
+    "forces": ("F", "forces"),
+    "stress": ("stress",),
+}
+#: keys of the file's units (sGDML): free text such as 'kcal/mol', 'eV', 'Ang', 'bohr', 'au'
+UNIT_KEYS: dict[str, str] = {"energy": "e_unit", "length": "r_unit"}
+#: keys that are understood and deliberately not used, and why
+IGNORED_KEYS: dict[str, str] = {
+    "idx_i": "neighbour lists (mlff): rebuilt from the positions with the model's cutoff",
+    "idx_j": "neighbour lists (mlff): rebuilt from the positions with the model's cutoff",
+    "Q": "total charge per frame (mlff): no charge model, not used",
+    "q": "partial charges (mlff): no charge model, not used",
+    **dict.fromkeys(
+        ("type", "code_version", "name", "theory", "md5", "perms", "F_min", "F_max", "F_mean", "F_var")
+        + ("E_min", "E_max", "E_mean", "E_var"),
+        "sGDML metadata, not used",
+    ),
+}
+#: every key a file may hold without naming it as a label
+KNOWN_KEYS: frozenset[str] = frozenset(
+    {k for names in SYNONYMS.values() for k in names}
+    | {"pbc", "node_mask"}
+    | set(UNIT_KEYS.values())
+    | set(IGNORED_KEYS)
+)
 
 
 @dataclass
@@ -45,35 +79,99 @@ def read_npz(
         raise ValueError(f"{path}: not an npz archive (a single array); expected named arrays such as 'R', 'z'")
     with data:
         try:
-            return _parse_npz(data, path, keys, index, require_energy, require_forces)
+            raw = _parse_npz(data, path, keys, index, require_energy, require_forces)
+            raw.declared_units = _declared_units(data, path)
+            return raw
         except (OSError, EOFError) as err:  # a truncated archive fails only when a member is read
             raise ValueError(f"{path}: cannot read as npz ({type(err).__name__}: {err})") from None
+
+
+def declared_units(path: str | Path) -> dict[str, tuple[str, str]]:
+    """The units an npz file states (sGDML's ``e_unit``/``r_unit``): ``{"energy": ("e_unit", "kcal/mol")}``;
+    empty for other files, and for files that cannot be read (reading them then says why)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return {}
+    try:
+        data = np.load(path, allow_pickle=False)
+        files = data.files
+    except Exception:  # noqa: BLE001 - a broken file is reported by the reader
+        return {}
+    with data:
+        try:
+            units = {kind: data[key] for kind, key in UNIT_KEYS.items() if key in files}
+        except Exception:  # noqa: BLE001 - a truncated member too
+            return {}
+    return _unit_strings(units, path)
+
+
+def _declared_units(data: np.lib.npyio.NpzFile, path: Path) -> dict[str, tuple[str, str]]:
+    return _unit_strings({kind: data[key] for kind, key in UNIT_KEYS.items() if key in data.files}, path)
+
+
+def _unit_strings(arrays: dict[str, np.ndarray], path: Path) -> dict[str, tuple[str, str]]:
+    """``{"energy": ("e_unit", "kcal/mol")}`` from the unit keys' arrays; anything but one string raises."""
+    out = {}
+    for kind, array in arrays.items():
+        key, value = UNIT_KEYS[kind], np.asarray(array)
+        if value.size != 1 or value.dtype.kind not in "US":
+            raise ValueError(f"{path}: key {key!r} ({kind} unit) must be one string such as 'eV', got {value!r}")
+        text = value.reshape(()).item()
+        out[kind] = (key, text.decode() if isinstance(text, bytes) else str(text))
+    return out
+
+
+def _understood() -> str:
+    """The keys this reader understands, for the message refusing others."""
+    roles = "; ".join(f"{what}: {', '.join(names)}" for what, names in SYNONYMS.items())
+    ignored = ", ".join(sorted(IGNORED_KEYS, key=str.lower))
+    return (
+        f"understood keys: {roles}; pbc; node_mask; units: {', '.join(UNIT_KEYS.values())}; "
+        f"read but not used: {ignored}"
+    )
+
+
+def _pick(files: list[str], path: Path, what: str, names: tuple[str, ...], hint: str = "") -> str | None:
+    """The one key of ``names`` in the file (None if none); two of them are ambiguous."""
+    present = [k for k in names if k in files]
+    if len(present) > 1:
+        raise ValueError(f"{path}: keys {present} all hold the {what}: keep one{hint}; keys found: {files}")
+    return present[0] if present else None
 
 
 def _layout(
     files: list[str], path: Path, keys: dict[str, str | None], require_energy: bool, require_forces: bool
 ) -> _Layout:
-    """Which convention the file follows and the key of every quantity; missing required keys raise."""
+    """The key of every quantity; missing required keys, ambiguous and unknown keys raise."""
     found = f"keys found: {files}"
-    if "R" in files:
-        pos_key, z_key = "R", "z"
-        defaults = {"energy": "E", "forces": "F", "stress": "stress"}
-    elif "positions" in files:
-        pos_key, z_key = "positions", "atomic_numbers" if "atomic_numbers" in files else "numbers"
-        defaults = {"energy": "energy", "forces": "forces", "stress": "stress"}
-    else:
+    pos_key = _pick(files, path, "positions", SYNONYMS["positions"])
+    if pos_key is None:
         raise ValueError(
             f"{path}: missing required keys: expected 'R' and 'z' (sGDML/MD17 convention) or 'positions' and "
             f"'atomic_numbers'; {found}"
         )
-    if z_key not in files:
+    sgdml = pos_key == "R"
+    z_key = _pick(files, path, "atomic numbers", SYNONYMS["atomic numbers"])
+    if z_key is None:
+        z_key = "z" if sgdml else "atomic_numbers"
         raise ValueError(f"{path}: missing required key {z_key!r} (atomic numbers, next to {pos_key!r}); {found}")
-    names = {q: keys[q] or defaults[q] for q in LABELS}
+    names = {}
+    for q in LABELS:
+        flag = f" (or name the one to use with --{q}-key)"
+        chosen = keys[q] or _pick(files, path, q, SYNONYMS[q], flag)
+        names[q] = chosen or SYNONYMS[q][0 if sgdml else -1]
     for q, required in (("energy", require_energy), ("forces", require_forces), ("stress", False)):
         if names[q] not in files and (keys[q] is not None or required):
             why = "named by the user" if keys[q] is not None else "required"
             raise ValueError(f"{path}: missing key {names[q]!r} ({q}, {why}); {found}")
-    cell_key = "cell" if "cell" in files else "lattice" if "lattice" in files else None
+    unknown = sorted(k for k in files if k not in KNOWN_KEYS and k not in names.values())
+    if unknown:
+        raise ValueError(
+            f"{path}: {'key' if len(unknown) == 1 else 'keys'} {unknown} not understood; a key that is not "
+            f"understood is refused rather than dropped in silence ({_understood()}). A label under another "
+            "name is read with --energy-key/--forces-key/--stress-key; otherwise remove the key from the file"
+        )
+    cell_key = _pick(files, path, "cell", SYNONYMS["cell"])
     return _Layout(files, pos_key, z_key, names, cell_key)
 
 
@@ -142,8 +240,9 @@ def _structure(
             raise ValueError(f"{path}: key {layout.z_key!r}: frame {k}: atomic numbers must be integers, got {z[k]}")
     if "node_mask" in files:
         mask = _per_frame(data, path, layout, "node_mask", "padding mask", ((n,),)).astype(bool)
-    else:
-        mask = np.ones((m, n), dtype=bool)
+    else:  # Z = 0 after a frame's last real atom is padding (mlff's files of molecules of several sizes)
+        real = np.asarray(z) != 0
+        mask = np.logical_or.accumulate(real[:, ::-1], axis=1)[:, ::-1]
     if layout.cell_key is not None:
         cell = _per_frame(data, path, layout, layout.cell_key, "lattice vectors", ((3, 3), (9,))).reshape(m, 3, 3)
     else:
@@ -224,7 +323,12 @@ def _parse_npz(
     raw.energy = [None] * len(sel) if energy is None else energy[sel].tolist()
     raw.forces = [None] * len(sel) if forces is None else split(np.asarray(forces[sel], dtype=np.float64))
     raw.stress = [None] * len(sel) if stress is None else list(_stress_batch(np.asarray(stress[sel], np.float64)))
-    raw.unmasked_npz = "node_mask" not in layout.files
+    raw.zero_hint = (
+        " (node_mask marks it as a real atom)"
+        if "node_mask" in layout.files
+        else " (Z = 0 marks padding only after a frame's last real atom; or add a boolean 'node_mask' (M, n) "
+        "key that is False for padding atoms)"
+    )
     raw.finite_checked = True
     return raw
 

@@ -24,12 +24,37 @@ class RawFrames:
     frame_ids: list[int] = field(default_factory=list)  # frame number in the file, for messages
     keys: dict[str, str] = field(default_factory=dict)  # quantity → key name in the file, for messages
     found: dict[int, str] = field(default_factory=dict)  # frame number → keys it has (or -1: whole file)
-    unmasked_npz: bool = False  # npz without node_mask: Z = 0 is then likely unmarked padding
+    zero_hint: str = ""  # said after "atomic number 0" (npz: how padding is marked)
     finite_checked: bool = False  # NaN/inf already checked on whole arrays (npz), skip the per-frame pass
+    lines: dict[int, int] = field(default_factory=dict)  # frame number → line of its header (text formats)
+    declared_units: dict[str, tuple[str, str]] = field(default_factory=dict)  # "energy" → (key, unit as written)
 
     def found_at(self, frame: int) -> str:
         """Description of the keys found (in ``frame`` where known), for messages."""
         return self.found.get(frame, self.found.get(-1, ""))
+
+    def frame_labels(self) -> list[int]:
+        """``frame_ids`` for messages: in a text file each prints as ``K (line L)``, its header line."""
+        if not self.lines:
+            return self.frame_ids
+        return [FrameNumber(i, self.lines[i]) if i in self.lines else i for i in self.frame_ids]
+
+
+class FrameNumber(int):
+    """A frame number that prints with the line where the frame starts: ``3 (line 12)``."""
+
+    line: int
+
+    def __new__(cls, frame: int, line: int) -> FrameNumber:
+        number = super().__new__(cls, frame)
+        number.line = line
+        return number
+
+    def __str__(self) -> str:
+        return f"{int(self)} (line {self.line})"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def parse_index(index: str | int | slice, path: Path) -> int | slice:

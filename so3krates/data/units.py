@@ -6,7 +6,9 @@ eV/Å³ (multiply); ``*_from_ev`` / ``length_from_angstrom`` go back, for report
 predictions in the unit the user's data came in.
 
 Names are matched case-insensitively ("ev", "KCAL/MOL", "bohr" all work); ``Å`` may also be written
-``A``, ``Angstrom`` or ``Ang``, and ``Hartree`` as ``Ha``.
+``A``, ``Angstrom`` or ``Ang``, and ``Hartree`` as ``Ha``; ``au`` is Hartree for energies and Bohr for
+lengths (as sGDML files write it). :func:`resolve_units` decides the units of a file from the user's and
+the file's own (sGDML's ``e_unit``/``r_unit``).
 """
 
 from __future__ import annotations
@@ -29,17 +31,21 @@ LENGTH_UNITS: dict[str, float] = {
 }
 
 # other spellings (lower case) → canonical name; "A" is the usual ASCII stand-in for Å
-_ENERGY_ALIASES = {name.lower(): name for name in ENERGY_UNITS} | {"ha": "Hartree"}
+_ENERGY_ALIASES = {name.lower(): name for name in ENERGY_UNITS} | {"ha": "Hartree", "au": "Hartree", "a.u.": "Hartree"}
 _LENGTH_ALIASES = {name.lower(): name for name in LENGTH_UNITS} | {
     "a": "Å",
     "angstrom": "Å",
     "ang": "Å",
     "ångström": "Å",
+    "angstroem": "Å",
+    "au": "Bohr",
+    "a.u.": "Bohr",
 }
 
 #: every accepted spelling, for messages and CLI help
 ENERGY_UNIT_NAMES: tuple[str, ...] = ("eV", "kcal/mol", "kJ/mol", "Hartree", "Ha")
 LENGTH_UNIT_NAMES: tuple[str, ...] = ("Å", "A", "Angstrom", "Ang", "Bohr")
+_FLAGS = {"energy": "--energy-unit", "length": "--length-unit"}
 
 
 def _canonical(unit: object, aliases: dict[str, str], allowed: tuple[str, ...], kind: str) -> str:
@@ -119,3 +125,53 @@ def stress_from_ev(value: float | np.ndarray, energy_unit: str, length_unit: str
 def force_unit_label(energy_unit: str, length_unit: str) -> str:
     """Printable force unit, e.g. ``"kcal/mol/Å"`` or ``"Hartree/Bohr"``."""
     return f"{energy_unit_name(energy_unit)}/{length_unit_name(length_unit)}"
+
+
+def resolve_units(
+    energy_unit: str | None,
+    length_unit: str | None,
+    declared: dict[str, tuple[str, str]],
+    where: str,
+    default: tuple[str, str] = ("eV", "Å"),
+) -> tuple[str, str, list[str]]:
+    """The (energy, length) units to read a file in, and notes saying where a unit came from.
+
+    Args:
+        energy_unit, length_unit: the user's units; None: not given.
+        declared: the file's own units, ``{"energy": (key, unit as written)}`` (e.g. sGDML's ``e_unit``).
+        where: the file, for messages.
+        default: units when neither the user nor the file gives one.
+    Raises:
+        ValueError: an unknown unit; a given unit that contradicts the file's (naming both); a file
+            unit this module does not know when the user gave none.
+    """
+    given = {"energy": energy_unit, "length": length_unit}
+    canonical = {"energy": energy_unit_name, "length": length_unit_name}
+    out, notes = dict(zip(("energy", "length"), default, strict=True)), []
+    for kind in ("energy", "length"):
+        name = canonical[kind]
+        user = None if given[kind] is None else name(given[kind])
+        if kind not in declared:
+            out[kind] = user or name(out[kind])
+            continue
+        key, text = declared[kind]
+        try:
+            stated = name(text)
+        except ValueError:
+            if user is None:
+                raise ValueError(
+                    f"{where}: key {key!r} gives the {kind} unit {text!r}, which so3krates does not know; "
+                    f"give the unit with {_FLAGS[kind]} ({kind}_unit)"
+                ) from None
+            out[kind] = user
+            notes.append(f"{kind} unit {user} as given ({_FLAGS[kind]}); the file's {key!r} says {text!r}")
+            continue
+        if user is not None and user != stated:
+            raise ValueError(
+                f"{where}: {kind} unit {user} was given ({_FLAGS[kind]} / {kind}_unit), but the file's key "
+                f"{key!r} says {text!r} ({stated}): one of them is wrong; leave {_FLAGS[kind]} out to use the file's"
+            )
+        out[kind] = stated
+        if user is None:
+            notes.append(f"{kind} unit {stated} from the file's key {key!r} ({text!r})")
+    return out["energy"], out["length"], notes

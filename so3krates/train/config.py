@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES, energy_unit_name, length_unit_name
+from so3krates.data.npz import declared_units
+from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES, resolve_units
 from so3krates.model.config import ModelConfig
 from so3krates.option_values import duration, layers, parse_count, parse_degrees, parse_duration
 from so3krates.options import (
@@ -51,7 +52,9 @@ class TrainConfig:
     Attributes:
         data: training file (any format the data layer reads); None: the bundled default dataset.
         energy_unit, length_unit: units of the file; errors are reported in them. The saved model
-            predicts eV and Å.
+            predicts eV and Å. None (not given): the file's own (an sGDML npz's ``e_unit``/``r_unit``),
+            else eV and Å; resolved when the configuration is built, so the saved config.yaml and
+            metadata.json name the unit used. A unit that contradicts the file's is refused on reading.
         loss_units: "data": the loss is computed in the file's units; "eV": in eV and Å whatever the
             file's units, as the authors' release trained MD17 (it converts kcal/mol on load). The units
             set how hard the gradient-clipping norm binds and what β balances (docs/training.md).
@@ -90,18 +93,23 @@ class TrainConfig:
             "dataset with a quick preset",
         ),
     )
-    energy_unit: str = field(
-        default="eV",
+    energy_unit: str | None = field(
+        default=None,
         metadata=option(
             FIXED,
             DATA,
-            f"energy unit of the file: {', '.join(ENERGY_UNIT_NAMES)} (default eV); forces are in "
-            "energy unit / length unit. Errors are reported in these units",
+            f"energy unit of the file: {', '.join(ENERGY_UNIT_NAMES)} (default: the file's e_unit if it "
+            "has one, else eV); forces are in energy unit / length unit. Errors are reported in these units",
         ),
     )
-    length_unit: str = field(
-        default="Å",
-        metadata=option(FIXED, DATA, f"length unit of the file: {', '.join(LENGTH_UNIT_NAMES)} (default Å)"),
+    length_unit: str | None = field(
+        default=None,
+        metadata=option(
+            FIXED,
+            DATA,
+            f"length unit of the file: {', '.join(LENGTH_UNIT_NAMES)} (default: the file's r_unit if it has one, "
+            "else Å)",
+        ),
     )
     loss_units: str = field(
         default="data",
@@ -237,9 +245,12 @@ class TrainConfig:
             raise ValueError("n_train must be at least 1 frame")
         if self.loss_units not in LOSS_UNITS:
             raise ValueError(f"loss_units must be one of {', '.join(LOSS_UNITS)}, got {self.loss_units!r}")
-        # Canonical spellings ("kcal/mol", "Å"), so that reports and the saved config use one name.
-        self.energy_unit = energy_unit_name(self.energy_unit)
-        self.length_unit = length_unit_name(self.length_unit)
+        # Canonical spellings ("kcal/mol", "Å"), so that reports and the saved config use one name; a unit
+        # not given is the data file's own (sGDML e_unit/r_unit), else eV and Å.
+        declared = declared_units(self.data) if self.data and None in (self.energy_unit, self.length_unit) else {}
+        self.energy_unit, self.length_unit, _ = resolve_units(
+            self.energy_unit, self.length_unit, declared, str(self.data)
+        )
 
     # -- conversions --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

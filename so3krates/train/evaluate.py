@@ -23,7 +23,8 @@ import numpy as np
 from so3krates import files, validation
 from so3krates import run_dir as rd
 from so3krates.data import Frames
-from so3krates.data.units import energy_factor, energy_unit_name, length_factor, length_unit_name
+from so3krates.data.npz import declared_units
+from so3krates.data.units import energy_factor, length_factor, resolve_units
 from so3krates.inference import load_force_field
 from so3krates.train.batching import max_pad_sizes
 from so3krates.train.loss import LossScales
@@ -80,7 +81,7 @@ def evaluate_model(
             the training file, "all" otherwise.
         out_dir: where to write results; None: ``<model_dir>/evaluation_<split>`` (or ``_<file name>``).
         energy_unit, length_unit, energy_key, forces_key, stress_key: how to read ``data``; None: as
-            in training.
+            in training (a unit: the file's own, an sGDML ``e_unit``/``r_unit``, if it has one).
         batch_size: structures per evaluation batch.
         plot: write the parity plot.  write: write any file at all.
         dtype: run the model in "float32" or "float64"; None: as trained (float64 needs JAX's 64-bit
@@ -93,8 +94,6 @@ def evaluate_model(
     potential, variables, metadata = force_field.potential, force_field.variables, force_field.metadata
     train_config = rd.read_config(model_dir)
     units = metadata.get("units", {})
-    energy_unit = energy_unit_name(energy_unit or units.get("energy", "eV"))
-    length_unit = length_unit_name(length_unit or units.get("length", "Å"))
     given = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
     keys = [key or train_config.get(name) for name, key in given.items()]  # None: as in training
     data = Path(data if data is not None else (train_config.get("data") or default_dataset_path()))
@@ -102,6 +101,11 @@ def evaluate_model(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not data.is_file():
         raise FileNotFoundError(f"{data}: no such data file")
+    # the user's units, else the file's own (sGDML e_unit/r_unit), else the training units
+    training_units = (units.get("energy", "eV"), units.get("length", "Å"))
+    energy_unit, length_unit, _ = resolve_units(
+        energy_unit, length_unit, declared_units(data), str(data), default=training_units
+    )
     is_training_file = _same_file(data, metadata)
     split = split or ("test" if is_training_file else "all")
     frames = load_frames(data, energy_unit, length_unit, *keys)

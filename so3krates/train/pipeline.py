@@ -22,6 +22,7 @@ from ase.data import chemical_symbols
 
 from so3krates import run_dir as rd
 from so3krates.data import Frames, make_split, read_frames
+from so3krates.data.npz import declared_units
 from so3krates.data.stream import Prefetcher, StreamDataset, is_stream
 from so3krates.graph import Batch, Graph, PadSizes, collate, make_graph
 from so3krates.potential import residual_energy_graphs
@@ -47,16 +48,17 @@ def default_dataset_path() -> Path:
 
 def load_frames(
     path: str | Path,
-    energy_unit: str = "eV",
-    length_unit: str = "Å",
+    energy_unit: str | None = None,
+    length_unit: str | None = None,
     energy_key: str | None = None,
     forces_key: str | None = None,
     stress_key: str | None = None,
     require_energy: bool = False,
     require_forces: bool = False,
 ) -> Frames:
-    """Read a data file with the data layer (eV and Å out); a stream directory (``so3krates prepare``) is
-    opened memory-mapped instead (already eV and Å; the unit and key options do not apply to it)."""
+    """Read a data file with the data layer (eV and Å out; a unit None is the file's own, else eV/Å); a
+    stream directory (``so3krates prepare``) is opened memory-mapped instead (already eV and Å; the unit and
+    key options do not apply to it)."""
     if is_stream(path):
         stream = StreamDataset(path)
         for label, required in (("energy", require_energy), ("forces", require_forces)):
@@ -200,6 +202,8 @@ def open_training_data(
             require_energy=config.beta < 1.0,
             require_forces=config.beta > 0.0,
         )
+    for kind, (key, text) in declared_units(path).items():
+        log(f"{path}: the file's {key!r} says {text!r}; reading it as {getattr(config, kind + '_unit')}")
     if config.beta < 1.0 and frames.energy is None:
         raise ValueError(f"{path}: no energies in the data, but beta = {config.beta} < 1 needs them")
     if config.beta > 0.0 and frames.forces is None:
