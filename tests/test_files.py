@@ -66,6 +66,7 @@ def test_check_writable_dir(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="cannot write there"):
             files.check_writable_dir(Path("/proc/self/so3krates-run"), "--out")
 
+
 def test_sha256_of_chunks_equals_sha256_of_their_concatenation() -> None:
     assert files.sha256([b"ab", b"c"]) == files.sha256(b"abc") != files.sha256(b"abd")
 
