@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,29 @@ def finite_or_none(value: Any) -> Any:
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished (or stopped) run.
+
+    Attributes:
+        run_dir: the model directory.  epochs: completed epochs.  best_epoch / best_loss: the saved model.
+        stopped: "max_epochs", "early_stopping", "max_time" or "interrupted" (Ctrl-C or SIGTERM: ``signal``).
+        wall_time: seconds spent in this call.  valid_metrics: validation errors of the saved model.
+        energy_constant: c of A.14 in eV (0 unless β = 1).  history: per-epoch metrics.
+    """
+
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    best_loss: float
+    stopped: str
+    wall_time: float
+    valid_metrics: dict[str, Any]
+    energy_constant: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    signal: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15); None otherwise
 
 
 # -- run files ----------------------------------------------------------------------------------------
