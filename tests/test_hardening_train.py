@@ -292,3 +292,128 @@ def test_num_radial_zero_in_a_config_file(tmp_path: Path, capsys) -> None:
     data = emt_dataset(tmp_path / "d.extxyz", 4)
     outcome = cli(["train", "--data", data, "--config", config, "--out", tmp_path / "run"], capsys)
     assert_clean_error(outcome, str(config), "num_radial", "≥ 1")
+
+
+# -- 7. kill -9 at random points, resume each time: the same model as an uninterrupted run ------------
+
+# The child: ``so3krates train`` which, when asked, SIGKILLs itself on its N-th checkpoint write after
+# the temporary file is written and synced, before the rename (test-only code, no hook in the package).
+KILLING_CHILD = r"""
+import os, signal, sys
+n = int(os.environ.get("KILL_AT_CHECKPOINT_WRITE", "0"))
+if n:
+    real_replace, writes = os.replace, []
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith("checkpoint_latest.msgpack"):
+            writes.append(dst)
+            if len(writes) == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst, *args, **kwargs)
+    os.replace = replace
+from so3krates.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _tensors(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(run / rd.WEIGHTS_FILE)
+
+
+def _epochs_done(run: Path) -> int:
+    return ck.checkpoint_epoch(run / CKPT) if (run / CKPT).exists() else 0
+
+
+def _without_times(rows: list[dict[str, str]]) -> list[dict[str, float | None]]:
+    return [{k: float(v) if v else None for k, v in r.items() if k not in ("time_s", "elapsed_s")} for r in rows]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_path: Path) -> None:
+    data = emt_dataset(tmp_path / "emt.extxyz", n_frames=24, seed=5)
+    config = tiny_yaml(tmp_path / "tiny.yaml")
+    max_epochs, min_kills = 40, 22
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        # Every restart loads the compiled steps instead of compiling them again.
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+    def command(out: Path) -> list[str]:
+        flags = ["--n-train", "16", "--n-valid", "4", "--batch-size", "4", "--max-epochs", str(max_epochs)]
+        flags += ["--schedule", "plateau", "--plateau-patience", "2", "--no-progress"]  # schedule state matters
+        return [sys.executable, "-c", KILLING_CHILD, "train", "--data", str(data), "--out", str(out)] + [
+            "--config",
+            str(config),
+            *flags,
+        ]
+
+    reference = tmp_path / "reference"
+    done = subprocess.run(command(reference), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    run, rng = tmp_path / "run", np.random.default_rng(19)
+    kills, at_write, log = 0, 0, tmp_path / "child.log"
+    while kills < min_kills:
+        before = _epochs_done(run)
+        resume = ["--resume"] if (run / rd.CONFIG_FILE).exists() else []
+        write_kill = kills in (3, 11)  # on the 1st or 2nd checkpoint write of this process
+        child_env = {**env, "KILL_AT_CHECKPOINT_WRITE": str(rng.integers(1, 3)) if write_kill else "0"}
+        with open(log, "w") as out:
+            child = subprocess.Popen(command(run) + resume, stdout=out, stderr=subprocess.STDOUT, env=child_env)
+            if not write_kill:
+                _kill_at_a_random_point(child, run, log, rng, before)
+            code = child.wait(timeout=300)
+        assert code == -signal.SIGKILL, f"exit {code} (epoch {_epochs_done(run)} of {max_epochs}):\n{log.read_text()}"
+        kills += 1
+        after = _epochs_done(run)  # the checkpoint on disk always reads (checksum included)
+        assert after >= before
+        if write_kill:
+            n = int(child_env["KILL_AT_CHECKPOINT_WRITE"])
+            assert after == before + n - 1  # the write that was killed left the previous checkpoint
+            assert any(p.name.startswith(f".{CKPT}.") for p in run.iterdir())  # killed before its rename
+            at_write += 1
+    assert at_write == 2 and _epochs_done(run) < max_epochs
+
+    done = subprocess.run(command(run) + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    expected, got = _tensors(reference), _tensors(run)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    want, have = _without_times(_rows(reference / "metrics.csv")), _without_times(_rows(run / "metrics.csv"))
+    assert [r["epoch"] for r in have] == list(range(1, max_epochs + 1))
+    for a, b in zip(have, want, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["epoch"], key)
+
+
+def _kill_at_a_random_point(child: subprocess.Popen, run: Path, log: Path, rng: np.random.Generator, before: int):
+    """SIGKILL ``child``: in its start-up (data, neighbour lists, loading compiled steps), or at a random
+    moment in its first three epochs (a step, validation, a checkpoint or metrics write)."""
+    started = time.monotonic()
+    if rng.random() < 0.2:
+        time.sleep(rng.uniform(0.5, 5.0))
+    else:
+        while "training " not in log.read_text() and child.poll() is None and time.monotonic() - started < 120:
+            time.sleep(0.01)
+        epochs = int(rng.integers(0, 3))  # let this many epochs complete first, then a random moment
+        while _rows_done(run) < before + epochs and child.poll() is None and time.monotonic() - started < 120:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 2.0 if epochs == 0 else 0.1))
+    if child.poll() is None:
+        child.send_signal(signal.SIGKILL)
+
+
+def _rows_done(run: Path) -> int:
+    try:
+        return len((run / "metrics.csv").read_text().splitlines()) - 1
+    except OSError:
+        return 0
