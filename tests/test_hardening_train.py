@@ -333,7 +333,7 @@ def _without_times(rows: list[dict[str, str]]) -> list[dict[str, float | None]]:
 def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_path: Path) -> None:
     data = emt_dataset(tmp_path / "emt.extxyz", n_frames=24, seed=5)
     config = tiny_yaml(tmp_path / "tiny.yaml")
-    max_epochs, min_kills = 40, 22
+    max_epochs, min_kills = 60, 22
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -345,7 +345,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_p
     }
 
     def command(out: Path) -> list[str]:
-        flags = ["--n-train", "16", "--n-valid", "4", "--batch-size", "4", "--max-epochs", str(max_epochs)]
+        flags = ["--n-train", "16", "--n-valid", "4", "--batch-size", "2", "--max-epochs", str(max_epochs)]
         flags += ["--schedule", "plateau", "--plateau-patience", "2", "--no-progress"]  # schedule state matters
         return [sys.executable, "-c", KILLING_CHILD, "train", "--data", str(data), "--out", str(out)] + [
             "--config",
@@ -356,9 +356,11 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_p
     reference = tmp_path / "reference"
     done = subprocess.run(command(reference), capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    elapsed = [float(r["elapsed_s"]) for r in _rows(reference / "metrics.csv")]
+    epoch_s = (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)  # one epoch once compiled
 
     run, rng = tmp_path / "run", np.random.default_rng(19)
-    kills, at_write, log = 0, 0, tmp_path / "child.log"
+    kills, at_write, log, progress = 0, 0, tmp_path / "child.log", []
     while kills < min_kills:
         before = _epochs_done(run)
         resume = ["--resume"] if (run / rd.CONFIG_FILE).exists() else []
@@ -367,18 +369,20 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_p
         with open(log, "w") as out:
             child = subprocess.Popen(command(run) + resume, stdout=out, stderr=subprocess.STDOUT, env=child_env)
             if not write_kill:
-                _kill_at_a_random_point(child, run, log, rng, before)
+                _kill_at_a_random_point(child, run, log, rng, before, epoch_s)
             code = child.wait(timeout=300)
         assert code == -signal.SIGKILL, f"exit {code} (epoch {_epochs_done(run)} of {max_epochs}):\n{log.read_text()}"
         kills += 1
         after = _epochs_done(run)  # the checkpoint on disk always reads (checksum included)
         assert after >= before
+        progress.append(after)
         if write_kill:
             n = int(child_env["KILL_AT_CHECKPOINT_WRITE"])
             assert after == before + n - 1  # the write that was killed left the previous checkpoint
             assert any(p.name.startswith(f".{CKPT}.") for p in run.iterdir())  # killed before its rename
             at_write += 1
-    assert at_write == 2 and _epochs_done(run) < max_epochs
+    assert at_write == 2 and _epochs_done(run) < max_epochs, progress
+    print(f"checkpointed epoch after each of the {kills} kills: {progress}")
 
     done = subprocess.run(command(run) + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -395,19 +399,32 @@ def test_kill_9_at_random_points_then_resume_gives_the_uninterrupted_model(tmp_p
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["epoch"], key)
 
 
-def _kill_at_a_random_point(child: subprocess.Popen, run: Path, log: Path, rng: np.random.Generator, before: int):
-    """SIGKILL ``child``: in its start-up (data, neighbour lists, loading compiled steps), or at a random
-    moment in its first three epochs (a step, validation, a checkpoint or metrics write)."""
-    started = time.monotonic()
-    if rng.random() < 0.2:
-        time.sleep(rng.uniform(0.5, 5.0))
+def _kill_at_a_random_point(
+    child: subprocess.Popen, run: Path, log: Path, rng: np.random.Generator, before: int, epoch_s: float
+) -> None:
+    """SIGKILL ``child`` at a random moment: in its start-up (data, neighbour lists, loading the compiled
+    steps), in its first epoch, or in its second (a step, validation, a checkpoint or metrics write); it
+    completes at most about two epochs first, so that the run takes many kills to finish."""
+
+    def alive_until(condition, seconds: float = 120.0) -> bool:
+        end = time.monotonic() + seconds
+        while child.poll() is None and time.monotonic() < end:
+            if condition():
+                return True
+            time.sleep(0.003)
+        return False
+
+    training = lambda: "training " in log.read_text()  # noqa: E731
+    if rng.random() < 0.2 and not alive_until(training, rng.uniform(0.5, 5.0)):
+        child.send_signal(signal.SIGKILL)  # still starting up
+        return
+    alive_until(training)
+    epochs = int(rng.integers(0, 2))  # let this many epochs complete first
+    if epochs == 0:  # somewhere in the first epoch (compiled steps loaded, steps, checkpoint), or just after it
+        alive_until(lambda: _rows_done(run) > before, rng.uniform(0.0, 2.5))
     else:
-        while "training " not in log.read_text() and child.poll() is None and time.monotonic() - started < 120:
-            time.sleep(0.01)
-        epochs = int(rng.integers(0, 3))  # let this many epochs complete first, then a random moment
-        while _rows_done(run) < before + epochs and child.poll() is None and time.monotonic() - started < 120:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 2.0 if epochs == 0 else 0.1))
+        alive_until(lambda: _rows_done(run) >= before + epochs)
+        time.sleep(rng.uniform(0.0, epoch_s))
     if child.poll() is None:
         child.send_signal(signal.SIGKILL)
 
