@@ -4,7 +4,8 @@ Layout (format version 1)::
 
     RUN_DIR/
       config.yaml        resolved training configuration; its ``model`` section is the ModelConfig
-      model.safetensors  weights: params and normalisation, flattened with '/'-joined keys (no pickle)
+      model.safetensors  weights: params and normalisation, flattened with '/'-joined keys (no pickle);
+                         its metadata header carries ``tensors_sha256``, a checksum of the tensors
       metadata.json      format_version, elements, units, energy constant, versions, data source, split
       split.npz          train / valid / test frame indices into the training file
 
@@ -13,12 +14,18 @@ records the user's units so that evaluation can report errors in them.
 
 Every file is written to a temporary name in the same directory and moved into place with
 ``os.replace`` (:mod:`so3krates.files`), so a crash never leaves a half-written file under the real name.
+
+The checksum in ``model.safetensors`` (:func:`tensors_sha256`: every tensor's name, dtype, shape and bytes,
+in name order) is checked on every load, so a file that still parses but has flipped bytes is refused,
+named. It sits in the standard safetensors metadata, so other tools read the file as before; files
+written before it existed have none and load unchecked (same format version).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,13 +34,14 @@ import numpy as np
 import yaml
 
 from so3krates.deprecation import moved
-from so3krates.files import atomic_write_bytes, atomic_write_text
+from so3krates.files import atomic_write_bytes, atomic_write_text, sha256
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 SPLIT_FILE = "split.npz"
+CHECKSUM_KEY = "tensors_sha256"  # safetensors metadata: sha256 of the tensors (tensors_sha256)
 HOST_FLOAT64 = ("normalization/shift", "normalization/energy_offset")
 # Models saved before the attention projections got biases (as in the authors' release) are the same
 # models with those biases zero: they load, with zeros filled in.
@@ -69,11 +77,26 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def tensors_sha256(flat: Mapping[str, np.ndarray]) -> str:
+    """Checksum of flat tensors: each one's name, dtype, shape and bytes, in name order (independent of
+    the file's layout, so it can sit in the file's own header)."""
+
+    def chunks() -> Any:
+        for name in sorted(flat):
+            value = np.ascontiguousarray(flat[name])
+            yield f"{name}\0{value.dtype.str}\0{value.shape}\0".encode()
+            yield value.tobytes()
+
+    return sha256(chunks())
+
+
 def weights_to_bytes(variables: Mapping[str, Any]) -> bytes:
-    """``{"params", "normalization"}`` as safetensors bytes."""
+    """``{"params", "normalization"}`` as safetensors bytes, with their checksum in the metadata."""
     from safetensors.numpy import save
 
-    return save(flatten(variables), metadata={"format": "so3krates", "format_version": str(FORMAT_VERSION)})
+    flat = flatten(variables)
+    metadata = {"format": "so3krates", "format_version": str(FORMAT_VERSION), CHECKSUM_KEY: tensors_sha256(flat)}
+    return save(flat, metadata=metadata)
 
 
 # -- save ---------------------------------------------------------------------------------------------
@@ -194,15 +217,31 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (an 8-byte little-endian header length, a JSON header)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def read_weights(directory: str | Path) -> dict[str, Any]:
-    """``model.safetensors`` as nested numpy arrays ``{"params": ..., "normalization": ...}``."""
+    """``model.safetensors`` as nested numpy arrays ``{"params": ..., "normalization": ...}``, checked
+    against the checksum in its header (files written before the checksum existed: unchecked)."""
     from safetensors.numpy import load
 
     path = _require(Path(directory) / WEIGHTS_FILE)
+    data = path.read_bytes()
     try:
-        flat = load(path.read_bytes())
+        flat = load(data)
+        expected = _safetensors_metadata(data).get(CHECKSUM_KEY)
     except Exception as err:  # safetensors raises its own error types for truncated/garbled headers
         raise ValueError(f"{path} is corrupted (not a readable safetensors file: {err})") from None
+    if expected is not None and tensors_sha256(flat) != expected:
+        raise ValueError(
+            f"{path} is corrupted: its tensors do not match the checksum in its header ({CHECKSUM_KEY}); "
+            "restore it from a backup or train again"
+        )
     return unflatten(flat)
 
 

@@ -34,7 +34,7 @@ PUBLIC_FLAGS = {
     *("--data", "--out", "--config", "--energy-unit", "--loss-units", "--length-unit", "--energy-key"),
     *("--forces-key", "--stress-key", "--n-train", "--n-valid", "--n-test", "--seed", "--max-epochs"),
     *("--max-time", "--batch-size", "--beta", "--stress-weight", "--lr", "--schedule", "--decay-epochs"),
-    *("--plateau-patience", "--patience", "--valid-every", "--ema-decay", "--resume", "--no-progress"),
+    *("--plateau-patience", "--patience", "--valid-every", "--ema-decay", "--resume", "--overwrite", "--no-progress"),
     *("--features", "--layers", "--degrees", "--cutoff", "--heads", "--dtype", "--nonlocal-correction"),
     *("--nonlocal", "--kappa", "--nonlocal-kappa", "--nonlocal-p", "--global-attention", "--efa-qk-features"),
     *("--efa-v-features", "--efa-max-frequency", "--efa-max-length", "--efa-grid-size", "--efa-layers"),

@@ -9,16 +9,28 @@ killed run, repeat the command with --resume (only --max-epochs, --max-time, --p
 demonstration trains a small model on the bundled ethanol dataset in a few minutes. Example:
 so3krates train --data md17_ethanol.npz --energy-unit kcal/mol --loss-units eV --n-train 1000
 --n-valid 500 --out runs/ethanol; then: so3krates evaluate --model runs/ethanol.
+
+--out must be a new or empty directory: one that holds a run needs --resume (to continue it) or
+--overwrite (to replace that run's files: model, checkpoint, config, metadata, split, metrics, curve,
+TensorBoard events), and one that holds other files needs --overwrite (they are left alone, never
+deleted). The folder is probed for writing before any data is read. model.safetensors and the
+checkpoint carry a SHA-256 checksum: a damaged file is refused, named, on loading and on --resume; so
+is --resume of a run that completed epochs but lost its checkpoint. Exit status: 0 done; 2 bad input,
+an unusable --out or a failed write (e.g. a full disk: the last checkpoint stays intact, continue with
+--resume); 130 after Ctrl-C and 143 after SIGTERM, once the checkpoint of the last completed epoch is
+on disk (the message names the epoch; continue with --resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from so3krates.options import add_config_arguments, deep_merge, merge, overrides_from_args
+from so3krates.options import add_config_arguments, deep_merge, leaves, merge, overrides_from_args
 from so3krates.train.config import TrainConfig, resume_config, yaml_options
 
 # Quick demonstration on the bundled dataset: a small model that trains in a few minutes on 2 CPU cores.
@@ -46,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     groups["data"].add_argument("--config", help="YAML file of training options (flags override it)")
     groups["training"].add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    groups["data"].add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in --out even though it holds a run (whose files are replaced) or other files "
+        "(which are left alone)",
     )
 
     par = parser.add_argument_group("devices and processes (data-parallel training, docs/parallel.md)")
@@ -82,7 +100,19 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     stated = yaml_options(args.config) if args.config else {}
     flags = _overrides(args)
     preset = QUICK_PRESET if stated.get("data") is None and "data" not in flags else {}
-    return merge(TrainConfig, preset, stated, flags, where="config", kind="training")
+    try:
+        return merge(TrainConfig, preset, stated, flags, where="config", kind="training")
+    except ValueError as err:
+        raise ValueError(_with_flags(str(err))) from None
+
+
+def _with_flags(message: str) -> str:
+    """``message`` with the flag of each option it names (``num_layers`` → ``num_layers (--layers)``)."""
+    for leaf in leaves(TrainConfig):
+        name = leaf.path[-1]
+        if leaf.flags and f"({leaf.flags[0]})" not in message:
+            message = re.sub(rf"(?<![\w-]){name}(?![\w-])", f"{name} ({leaf.flags[0]})", message, count=1)
+    return message
 
 
 def _resume_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
@@ -127,9 +157,15 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else _default_out(config)
         if config.data is None and par.is_writer():
             print("no --data given: quick demonstration on the bundled ethanol dataset (small model, few epochs)")
-    result = train(config, run_dir, resume=args.resume, devices=args.devices)
+    try:
+        result = train(config, run_dir, resume=args.resume, devices=args.devices, overwrite=args.overwrite)
+    except KeyboardInterrupt as err:  # before the first epoch, or while saving the final model
+        return _interrupted(run_dir, err)
     if not par.is_writer():
         return 0
+    if result.stopped == "interrupted":
+        print(f"model of the best epoch so far ({result.best_epoch}) saved to {run_dir}")
+        return _interrupted(run_dir, result.signal)
     units = f"{config.energy_unit}, {config.energy_unit}/{config.length_unit}"
     valid = result.valid_metrics
     summary = ""
@@ -142,3 +178,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"model saved to {run_dir}")
     print(f"evaluate it with: so3krates evaluate --model {run_dir} --split test")
     return 0
+
+
+def _interrupted(run_dir: Path, cause: BaseException | int | None) -> int:
+    """Ctrl-C or SIGTERM: say which epoch's checkpoint is on disk; exit 128 + the signal (130, 143)."""
+    from so3krates.train.checkpoint import CHECKPOINT_FILE, checkpoint_epoch
+    from so3krates.train.stopping import signal_number
+
+    signum = cause if isinstance(cause, int) else signal_number(cause) if cause else signal.SIGINT
+    try:
+        epoch = checkpoint_epoch(run_dir / CHECKPOINT_FILE)
+    except (OSError, ValueError):
+        epoch = 0
+    name = signal.Signals(signum).name
+    if epoch:
+        print(
+            f"so3krates train: interrupted ({name}) after epoch {epoch}; its checkpoint is "
+            f"{run_dir / CHECKPOINT_FILE}: resume with --resume --out {run_dir}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"so3krates train: interrupted ({name}) before any epoch was done; nothing to resume", file=sys.stderr)
+    return 128 + int(signum)

@@ -85,6 +85,7 @@ class ModelConfig:
             object.__setattr__(self, "nonlocal_normalization", nonlocal_normalisation)
         object.__setattr__(self, "degrees", tuple(sorted(int(l) for l in self.degrees)))
         object.__setattr__(self, "remat", bool(self.remat))
+        self._check_sizes()
         if self.features % self.num_heads:
             raise ValueError(f"features ({self.features}) must be divisible by num_heads ({self.num_heads})")
         if self.features % len(self.degrees):
@@ -92,8 +93,6 @@ class ModelConfig:
                 f"features ({self.features}) must be divisible by the number of SPHC degrees "
                 f"({len(self.degrees)}): the SPHC attention has one head per degree"
             )
-        if self.r_cut <= 0:
-            raise ValueError(f"r_cut must be positive, got {self.r_cut}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         if self.nonlocal_normalization not in ("orthonormal", "racah"):
@@ -103,6 +102,23 @@ class ModelConfig:
         if self.global_attention not in (None, "efa"):
             raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
         self._check_efa()
+
+    def _check_sizes(self) -> None:
+        """Counts and widths ≥ 1, degrees ≥ 0, a positive finite cutoff: before any division by them."""
+        for name in ("features", "num_layers", "num_heads", "num_radial", "radial_hidden", "spherical_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not value >= 1 or int(value) != value:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if self.max_atomic_number < 1:
+            raise ValueError(f"max_atomic_number must be ≥ 1, got {self.max_atomic_number}")
+        if not self.degrees or any(l < 0 for l in self.degrees) or len(set(self.degrees)) < len(self.degrees):
+            raise ValueError(f"degrees must be distinct whole numbers ≥ 0, at least one, got {list(self.degrees)}")
+        if not (math.isfinite(self.r_cut) and self.r_cut > 0):
+            raise ValueError(f"r_cut must be positive, got {self.r_cut}")
+        if not (math.isfinite(self.nonlocal_kappa) and self.nonlocal_kappa > 0) or self.nonlocal_p < 1:
+            raise ValueError(
+                f"nonlocal_kappa must be positive and nonlocal_p ≥ 1, got {self.nonlocal_kappa} and {self.nonlocal_p}"
+            )
 
     def _check_efa(self) -> None:
         """EFA hyperparameters; the grid/frequency rule only when EFA is switched on."""

@@ -6,6 +6,11 @@ epoch and step counters, the learning-rate schedule state (incl. reduce-on-plate
 stopping counter, the random state and the metrics history. It is written to a temporary file and
 moved into place with ``os.replace``, so a crash while writing leaves the previous checkpoint intact.
 
+Format version 2 wraps that state in an envelope ``{"format", "version", "sha256", "state"}``: ``state``
+is the msgpack bytes of the state and ``sha256`` their checksum, so a file that still parses but has
+flipped bytes (a bad disk, a bad copy) is refused, named, instead of resuming from damaged weights.
+Version 1 files (the state itself, no checksum) are still read, unchecked.
+
 The random state is the seed and the next epoch: each epoch's shuffling comes from
 ``numpy.random.default_rng([seed, epoch])``, so it is reproduced exactly on resume without storing a
 generator's internals.
@@ -22,11 +27,11 @@ import flax.serialization
 import jax
 import numpy as np
 
-from so3krates.files import atomic_write_bytes
+from so3krates.files import atomic_write_bytes, sha256
 
 CHECKPOINT_FILE = "checkpoint_latest.msgpack"
 CHECKPOINT_FORMAT = "so3krates-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the state in a checksummed envelope; 1 (no checksum) is still read
 
 
 @dataclass
@@ -59,15 +64,33 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Progress:
+    """What changes from epoch to epoch besides the train state (all of it goes into the checkpoint, but
+    ``saved_epoch``, the epoch of the checkpoint on disk)."""
+
+    epoch: int
+    best_loss: float
+    best_epoch: int
+    bad_epochs: int
+    best_ema: Any
+    history: list[dict[str, Any]]
+    provisional_c: float = 0.0  # running estimate of c (A.14) for validation with β = 1
+    saved_epoch: int = 0  # the epoch of the checkpoint on disk
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint) -> Progress:
+        done = ckpt.epoch
+        return cls(done, ckpt.best_loss, ckpt.best_epoch, ckpt.bad_epochs, ckpt.best_ema, list(ckpt.history), 0.0, done)
+
+
 def _to_numpy(tree: Any) -> Any:
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
 def checkpoint_to_bytes(ckpt: Checkpoint) -> bytes:
-    """Serialise with flax's msgpack (arrays as raw buffers; no pickle)."""
+    """Serialise with flax's msgpack (arrays as raw buffers; no pickle), in the checksummed envelope."""
     state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
         "params": _to_numpy(ckpt.params),
         "ema": _to_numpy(ckpt.ema),
         "best_ema": _to_numpy(ckpt.best_ema),
@@ -83,7 +106,9 @@ def checkpoint_to_bytes(ckpt: Checkpoint) -> bytes:
         "seed": int(ckpt.seed),
         "history_json": json.dumps(ckpt.history),
     }
-    return flax.serialization.msgpack_serialize(state)
+    payload = flax.serialization.msgpack_serialize(state)
+    envelope = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "sha256": sha256(payload), "state": payload}
+    return flax.serialization.msgpack_serialize(envelope)
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
@@ -103,27 +128,57 @@ def _restore_tree(template: Any, stored: Any, name: str, path: Path) -> Any:
     return tree
 
 
+def _unpack(data: bytes, path: Path) -> dict[str, Any]:
+    """msgpack bytes → dict; anything that does not parse is named as corrupted."""
+    try:
+        raw = flax.serialization.msgpack_restore(data)
+    except Exception as err:  # msgpack raises several unrelated types for garbled input
+        raise ValueError(f"{path} is corrupted (cannot be read as a checkpoint: {err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is corrupted (not a so3krates checkpoint)")
+    return raw
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The stored state of a checkpoint file, its format, version and checksum checked (version 1, which
+    has no checksum, unchecked); the arrays are not yet matched to a model.
+
+    Raises:
+        FileNotFoundError: no file.  ValueError: corrupted (does not parse, or its checksum differs),
+            not a checkpoint, or newer than this so3krates reads; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint {path} to resume from")
+    raw = _unpack(path.read_bytes(), path)
+    if raw.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a so3krates checkpoint (or its header is corrupted)")
+    version = raw.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path} is corrupted (checkpoint version {version!r})")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {version} is newer than this so3krates reads")
+    if version == 1:
+        return raw  # written before checkpoints carried a checksum
+    payload = raw.get("state")
+    if not isinstance(payload, bytes) or sha256(payload) != raw.get("sha256"):
+        raise ValueError(f"{path} is corrupted (its checksum does not match its content)")
+    return _unpack(payload, path)
+
+
 def load_checkpoint(path: str | Path, params_template: Any, opt_state_template: Any) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint` (format version 1 or 2).
 
     Args:
         path: the checkpoint file.
         params_template: a parameter tree of the right structure (e.g. freshly initialised).
         opt_state_template: ``optimizer.init(params_template)``.
     Raises:
-        FileNotFoundError: no checkpoint.  ValueError: corrupted or from an incompatible run.
+        FileNotFoundError: no checkpoint.  ValueError: corrupted (incl. a checksum that differs) or from
+            an incompatible run.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path} to resume from")
-    try:
-        raw = flax.serialization.msgpack_restore(path.read_bytes())
-    except Exception as err:  # msgpack raises several unrelated types for garbled input
-        raise ValueError(f"{path} is corrupted (cannot be read as a checkpoint: {err})") from None
-    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a so3krates checkpoint")
-    if int(raw.get("version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {raw['version']} is newer than this so3krates reads")
+    raw = read_checkpoint_state(path)
     try:
         return Checkpoint(
             params=_restore_tree(params_template, raw["params"], "params", path),
@@ -142,3 +197,12 @@ def load_checkpoint(path: str | Path, params_template: Any, opt_state_template: 
         )
     except KeyError as err:
         raise ValueError(f"{path} is incomplete: it has no {err}") from None
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """The completed epochs stored in a checkpoint (its checksum checked)."""
+    raw = read_checkpoint_state(path)
+    try:
+        return int(raw["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path} is incomplete: it has no epoch") from None

@@ -220,7 +220,7 @@ class TrainConfig:
             raise ValueError(f"valid_batch_size must be ≥ 1, got {self.valid_batch_size}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be ≥ 1 epoch, got {self.patience}")
-        if self.lr <= 0 or self.min_lr < 0:
+        if not self.lr > 0 or not self.min_lr >= 0:
             raise ValueError(f"lr must be positive and min_lr ≥ 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")

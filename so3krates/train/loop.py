@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,17 @@ from so3krates.potential import traced_variables
 from so3krates.precision import enable_float64
 from so3krates.train import parallel as par
 from so3krates.train.batching import epoch_chunks
-from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
+from so3krates.train.checkpoint import CHECKPOINT_FILE, Checkpoint, Progress, save_checkpoint
 from so3krates.train.config import TrainConfig
 from so3krates.train.loss import UNIT_SCALES, LossScales
 from so3krates.train.metrics import predict_graphs, validation_metrics
 from so3krates.train.normalization import energy_constant_of_shards, residual_energies
 from so3krates.train.optim import LearningRateSchedule
 from so3krates.train.pipeline import BatchShapes, TrainingData, batch_shapes, open_training_data, prefetch, symbols
+from so3krates.train.preflight import clear_previous_run
 from so3krates.train.records import (
     EpochRecords,
+    TrainResult,
     report_epoch,
     run_metadata,
     save_trained_model,
@@ -63,31 +65,16 @@ from so3krates.train.records import (
     training_summary,
 )
 from so3krates.train.startup import Steps, TrainingSetup, build_model, place_steps, run_configuration
-from so3krates.train.stopping import Interrupted, early_stop, out_of_time, sigterm_interrupts
+from so3krates.train.stopping import (
+    Interrupted,
+    early_stop,
+    out_of_time,
+    signal_number,
+    sigterm_interrupts,
+    write_failures,
+)
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
-
-
-@dataclass
-class TrainResult:
-    """Summary of a finished (or stopped) run.
-
-    Attributes:
-        run_dir: the model directory.  epochs: completed epochs.  best_epoch / best_loss: the saved model.
-        stopped: "max_epochs", "early_stopping", "max_time" or "interrupted".
-        wall_time: seconds spent in this call.  valid_metrics: validation errors of the saved model.
-        energy_constant: c of A.14 in eV (0 unless β = 1).  history: per-epoch metrics.
-    """
-
-    run_dir: Path
-    epochs: int
-    best_epoch: int
-    best_loss: float
-    stopped: str
-    wall_time: float
-    valid_metrics: dict[str, Any]
-    energy_constant: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["TrainResult", "TrainingDiverged", "train"]  # TrainResult lives in records
 
 
 class TrainingDiverged(ValueError):
@@ -118,23 +105,6 @@ class _Run:
         )
 
 
-@dataclass
-class _Progress:
-    """What changes from epoch to epoch besides the train state (all of it goes into the checkpoint)."""
-
-    epoch: int
-    best_loss: float
-    best_epoch: int
-    bad_epochs: int
-    best_ema: Any
-    history: list[dict[str, Any]]
-    provisional_c: float = 0.0  # running estimate of c (A.14) for validation with β = 1
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint) -> _Progress:
-        return cls(ckpt.epoch, ckpt.best_loss, ckpt.best_epoch, ckpt.bad_epochs, ckpt.best_ema, list(ckpt.history))
-
-
 def train(
     config: TrainConfig,
     run_dir: str | Path,
@@ -143,12 +113,15 @@ def train(
     frames: Frames | StreamDataset | None = None,
     log: Callable[[str], None] = print,
     devices: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a So3krates model as configured and write the model directory ``run_dir``.
 
     Args:
         config: every option (see :class:`TrainConfig`); ``config.data`` None means the bundled dataset.
-        run_dir: output directory (created). Must not already hold a run unless ``resume``.
+        run_dir: output directory (created). Must be missing or empty, or hold this run when ``resume``
+            (then it must have its checkpoint if it completed an epoch); checked, with a write probe,
+            before any data is read.
         resume: continue the run in ``run_dir`` from ``checkpoint_latest.msgpack`` (with its split).
             ``config`` must equal the run's saved one except in what may change on resume (max_epochs,
             max_time, patience, progress, the data's path); anything else is refused, naming it.
@@ -157,12 +130,17 @@ def train(
         log: where progress lines go (tqdm bars go to stderr when ``config.progress``).
         devices: number of devices for data-parallel training (None: all, when JAX sees more than one;
             1: a single device). With several processes (``jax.distributed``) all devices are used.
+        overwrite: a new run may go into a ``run_dir`` holding a run (whose own files are replaced) or
+            other files (left alone).
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (``stopped == "interrupted"`` after Ctrl-C or SIGTERM between epochs).
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM before the first epoch was completed (nothing to resume).
+        OSError: a write failed (a full disk): it names the file and the checkpoint that is intact.
     """
     clock = time.perf_counter()
     run_dir, writes = Path(run_dir), par.is_writer()
-    config = run_configuration(run_dir, config, resume)
+    config = run_configuration(run_dir, config, resume, overwrite, writes)
     par.sync_processes("so3krates train: start")  # all have checked run_dir before process 0 writes into it
     if not writes:
         log, config = _silent, config.replace(progress=False)
@@ -175,12 +153,14 @@ def train(
     loss_scales = UNIT_SCALES if config.loss_units == "eV" else scales  # what the loss is computed in
     schedule = LearningRateSchedule.from_config(config)
     model, ckpt = build_model(config, data, shapes, schedule, run_dir if resume else None, log)
+    if overwrite and writes:
+        clear_previous_run(run_dir)  # only now: a bad --data or model leaves the previous run as it was
     metadata = start_run_directory(
         run_dir, config, data.split, run_metadata(config, data, model.initial_params), resume, writes
     )
     steps, state = place_steps(model, config, data, shapes, ckpt, scales, loss_scales, devices, log)
     run = _Run(config, run_dir, data, shapes, model, steps, scales, log, writes)
-    progress = _Progress.from_checkpoint(ckpt)
+    progress = Progress.from_checkpoint(ckpt)
     records = EpochRecords(run_dir, progress.history, ckpt.epoch, writes)
     log(
         f"training {metadata['num_parameters']:,} parameters on {len(data.split['train'])} structures "
@@ -188,10 +168,19 @@ def train(
         f"{shapes.sizes.n_edges} edges; elements {' '.join(symbols(data.elements))}; units {config.energy_unit}, "
         f"{config.length_unit}" + ("; loss in eV, Å" if config.loss_units == "eV" else "")
     )
-    stopped = _run_epochs(run, state, progress, schedule, records, clock)
+    with write_failures(run_dir, lambda: progress.saved_epoch):
+        stopped, signum = _run_epochs(run, state, progress, schedule, records, clock)
+        return _finish(run, progress, metadata, stopped, signum, clock)
 
+
+def _finish(
+    run: _Run, progress: Progress, metadata: dict[str, Any], stopped: str, signum: int | None, clock: float
+) -> TrainResult:
+    """The saved model (the best EMA weights, c of A.14 fitted), its metadata and learning curve."""
     if progress.epoch == 0:
-        raise ValueError(f"{run_dir}: no epoch was completed (stopped: {stopped}); no model was saved")
+        if signum is not None:
+            raise Interrupted(signum, "before the first epoch was completed: nothing was saved")
+        raise ValueError(f"{run.run_dir}: no epoch was completed (stopped: {stopped}); no model was saved")
     variables, c = _final_variables(run, progress.best_ema)
     valid_metrics = run.validate(variables)
     wall = time.perf_counter() - clock
@@ -199,10 +188,10 @@ def train(
         progress.epoch, progress.best_epoch, progress.best_loss, stopped, wall, valid_metrics, progress.history
     )
     metadata.update(energy_constant=float(c), energy_constant_fitted=_fits_constant(run), training=summary)
-    if writes:
-        save_trained_model(run_dir, config, variables, metadata, data.split, progress.history)
+    if run.writes:
+        save_trained_model(run.run_dir, run.config, variables, metadata, run.data.split, progress.history)
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         epochs=progress.epoch,
         best_epoch=progress.best_epoch,
         best_loss=progress.best_loss,
@@ -211,6 +200,7 @@ def train(
         valid_metrics=valid_metrics,
         energy_constant=c,
         history=progress.history,
+        signal=signum,
     )
 
 
@@ -218,11 +208,12 @@ def train(
 
 
 def _run_epochs(
-    run: _Run, state: Any, progress: _Progress, schedule: LearningRateSchedule, records: EpochRecords, clock: float
-) -> str:
-    """Train until ``max_epochs``, early stopping, the time limit, Ctrl-C or SIGTERM; returns why it stopped."""
+    run: _Run, state: Any, progress: Progress, schedule: LearningRateSchedule, records: EpochRecords, clock: float
+) -> tuple[str, int | None]:
+    """Train until ``max_epochs``, early stopping, the time limit, Ctrl-C or SIGTERM; returns why it stopped
+    and the signal that interrupted it (None: none did)."""
     config = run.config
-    stopped = "max_epochs"
+    stopped, signum = "max_epochs", None
     last_epoch_seconds: float | None = None
     outer = tqdm(
         total=config.max_epochs, initial=progress.epoch, unit="epoch", disable=not config.progress, dynamic_ncols=True
@@ -241,17 +232,17 @@ def _run_epochs(
                 if early_stop(config.patience, progress.bad_epochs, validated):
                     stopped = "early_stopping"
                     break
-    except (KeyboardInterrupt, Interrupted):
-        stopped = "interrupted"
-        run.log("interrupted: saving the best model so far")
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Interrupted): the checkpoint on disk is whole
+        stopped, signum = "interrupted", signal_number(err)
+        run.log(f"interrupted after epoch {progress.saved_epoch} (its checkpoint is saved); saving the best model")
     finally:
         outer.close()
         records.close()
-    return stopped
+    return stopped, signum
 
 
 def _epoch(
-    run: _Run, state: Any, progress: _Progress, schedule: LearningRateSchedule
+    run: _Run, state: Any, progress: Progress, schedule: LearningRateSchedule
 ) -> tuple[Any, dict[str, Any], bool]:
     """Train one epoch, validate (every ``valid_every`` epochs and at the last), keep the best model,
     step the schedule; appends the epoch's row to the history. Returns the state, the row and whether
@@ -270,7 +261,7 @@ def _epoch(
     return state, row, validate
 
 
-def _train_epoch(run: _Run, state: Any, progress: _Progress, lr: float) -> tuple[Any, dict[str, Any]]:
+def _train_epoch(run: _Run, state: Any, progress: Progress, lr: float) -> tuple[Any, dict[str, Any]]:
     """One pass over this process's shard in the epoch's order; the epoch's training row."""
     config, shapes, step = run.config, run.shapes, run.steps.train
     n_proc, epoch = jax.process_count(), progress.epoch
@@ -307,7 +298,7 @@ def _train_epoch(run: _Run, state: Any, progress: _Progress, lr: float) -> tuple
     }
 
 
-def _validate_epoch(run: _Run, state: Any, progress: _Progress, row: dict[str, Any]) -> float:
+def _validate_epoch(run: _Run, state: Any, progress: Progress, row: dict[str, Any]) -> float:
     """Validate the EMA weights (adds ``valid_*`` to ``row``), save them as the model when the criterion
     (validation loss, or training loss without validation frames) improved; returns the criterion."""
     step = run.steps.train
@@ -326,7 +317,7 @@ def _validate_epoch(run: _Run, state: Any, progress: _Progress, row: dict[str, A
     return criterion
 
 
-def _save_progress(run: _Run, state: Any, progress: _Progress, schedule: LearningRateSchedule) -> None:
+def _save_progress(run: _Run, state: Any, progress: Progress, schedule: LearningRateSchedule) -> None:
     """The checkpoint after an epoch (process 0 only)."""
     if not run.writes:
         return
@@ -349,6 +340,7 @@ def _save_progress(run: _Run, state: Any, progress: _Progress, schedule: Learnin
             history=progress.history,
         ),
     )
+    progress.saved_epoch = progress.epoch
 
 
 # -- the model ----------------------------------------------------------------------------------------

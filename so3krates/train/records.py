@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,29 @@ def finite_or_none(value: Any) -> Any:
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished (or stopped) run.
+
+    Attributes:
+        run_dir: the model directory.  epochs: completed epochs.  best_epoch / best_loss: the saved model.
+        stopped: "max_epochs", "early_stopping", "max_time" or "interrupted" (Ctrl-C or SIGTERM: ``signal``).
+        wall_time: seconds spent in this call.  valid_metrics: validation errors of the saved model.
+        energy_constant: c of A.14 in eV (0 unless β = 1).  history: per-epoch metrics.
+    """
+
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    best_loss: float
+    stopped: str
+    wall_time: float
+    valid_metrics: dict[str, Any]
+    energy_constant: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    signal: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15); None otherwise
 
 
 # -- run files ----------------------------------------------------------------------------------------
@@ -75,11 +99,12 @@ def start_run_directory(
         return {**rd.read_metadata(run_dir), **{k: v for k, v in metadata.items() if k != "num_parameters"}}
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # config.yaml last: once it exists (what --resume looks for), the split and metadata.json do too.
         rd.save_split_file(run_dir / rd.SPLIT_FILE, split)
-        files.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
         files.atomic_write_text(
             run_dir / rd.METADATA_FILE, json.dumps(stamped(metadata, started=now()), indent=2, ensure_ascii=False)
         )
+        files.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
     return metadata
 
 

@@ -24,19 +24,25 @@ from so3krates.train.loss import LossScales
 from so3krates.train.normalization import normalization_from_frames
 from so3krates.train.optim import LearningRateSchedule, make_optimizer
 from so3krates.train.pipeline import BatchCollator, BatchShapes, TrainingData, default_dataset_path, file_sha256
+from so3krates.train.preflight import check_output, remove_temporaries
 from so3krates.train.steps import DeviceStep, TrainState, make_steps
 
 
-def run_configuration(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """The configuration to train ``run_dir`` with: a new run must not overwrite one; a resumed run keeps
-    its saved configuration except what may change on resume (:func:`~so3krates.train.config.resume_config`
-    names every other option that differs)."""
-    if not resume and any((run_dir / name).exists() for name in (CHECKPOINT_FILE, rd.WEIGHTS_FILE, rd.CONFIG_FILE)):
-        raise ValueError(f"{run_dir} already contains a training run; use --resume to continue it or another --out")
+def run_configuration(
+    run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool = False, writes: bool = True
+) -> TrainConfig:
+    """The configuration to train ``run_dir`` with, after the checks of the run directory
+    (:func:`~so3krates.train.preflight.check_output`: a new run must not overwrite one or mix into other
+    files unless ``overwrite``; a resumed run needs its checkpoint; every file can be written). A resumed
+    run keeps its saved configuration except what may change on resume
+    (:func:`~so3krates.train.config.resume_config` names every other option that differs)."""
+    check_output(run_dir, resume, overwrite)
     if resume and (run_dir / rd.CONFIG_FILE).exists():
         saved = TrainConfig.from_dict(rd.read_config(run_dir), where=str(run_dir / rd.CONFIG_FILE))
         config = resume_config(saved, config)
         _check_same_data(config, run_dir)
+    if writes:
+        remove_temporaries(run_dir)  # a killed write's; the previous run of --overwrite goes just before writing
     return config
 
 
@@ -128,8 +134,8 @@ def _resumed(
 ) -> Checkpoint:
     """The run's checkpoint (``fresh`` if it has none yet), its schedule state loaded into ``schedule``."""
     path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        log(f"{run_dir} has no checkpoint yet: starting its training from the beginning")
+    if not path.exists():  # run_configuration refused this if the run had completed an epoch
+        log(f"{run_dir} has no checkpoint yet (no epoch was completed): starting its training from the beginning")
         return fresh
     ckpt = load_checkpoint(path, fresh.params, opt_state)
     if ckpt.seed != fresh.seed:
