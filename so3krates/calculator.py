@@ -129,6 +129,12 @@ class So3kratesCalculator(Calculator):
     def elements(self) -> tuple[int, ...] | None:
         return self.model.elements
 
+    @property
+    def neighbours(self) -> Neighbours | None:
+        """The current neighbour list (pairs within r_cut + skin of the last build; None before the first
+        calculation): every pair now closer than r_cut is in it."""
+        return self._neighbours
+
     # -- ASE interface --------------------------------------------------------------------------
     def calculate(
         self,

@@ -15,6 +15,7 @@ from so3krates.calculator import So3kratesCalculator
 from so3krates.md import (
     ForceField,
     JaxMD,
+    Limits,
     SkinNeighbourList,
     drift_per_atom_per_ps,
     initial_velocities,
@@ -61,7 +62,8 @@ def test_jax_velocity_verlet_matches_ase_step_for_step(model):
 
 def test_nve_conserves_energy(model):
     atoms = ethanol(300.0)
-    md = JaxMD(model, atoms, "nve", timestep_fs=0.5)
+    # The command's default limits (issue #19) never trip in a sound run.
+    md = JaxMD(model, atoms, "nve", timestep_fs=0.5, limits=Limits.default(300.0))
     times, totals = [], []
 
     def record(m: JaxMD) -> None:
@@ -83,7 +85,9 @@ def test_nve_conserves_energy(model):
 @pytest.mark.parametrize(("ensemble", "kwargs"), [("langevin", {"friction_per_ps": 20.0}), ("nvt", {"taut_fs": 20.0})])
 def test_thermostat_reaches_the_target_temperature(model, ensemble, kwargs):
     atoms = ethanol(50.0)
-    md = JaxMD(model, atoms, ensemble, timestep_fs=0.5, temperature_K=300.0, seed=1, **kwargs)
+    md = JaxMD(
+        model, atoms, ensemble, timestep_fs=0.5, temperature_K=300.0, seed=1, limits=Limits.default(300.0), **kwargs
+    )
     md.run(400)  # equilibrate 0.2 ps = 4 coupling times
     temperatures: list[float] = []
     md.run(4000, interval=20, callback=lambda m: temperatures.append(m.temperature()))

@@ -2,16 +2,17 @@
 
 Prints energy MAE/RMSE (total and per atom), force MAE/RMSE per Cartesian component and the
 per-structure averaged MAE (the paper's Table 4) in the units the model was trained in (or those of
---energy-unit/--length-unit), and writes metrics.json, predictions.npz and parity.png to --out
-(default RUN_DIR/evaluation_<split>). With the training file (the default --data), --split test
-(the default) evaluates exactly the held-out frames saved in the run's split.npz; any other file is
-evaluated whole. Data with elements the model never saw is refused. Example: so3krates evaluate
+--energy-unit/--length-unit), and writes metrics.json, predictions.npz and parity.png (not with
+--no-plot) to --out (default RUN_DIR/evaluation_<split>). With the training file (the default --data),
+--split test (the default) evaluates exactly the held-out frames saved in the run's split.npz; any other
+file is evaluated whole. Data with elements the model never saw is refused. Example: so3krates evaluate
 --model runs/ethanol --split test.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from so3krates.cli.shared import add_dtype_argument
 from so3krates.data.units import ENERGY_UNIT_NAMES, LENGTH_UNIT_NAMES
@@ -63,5 +64,14 @@ def run(args: argparse.Namespace) -> int:
         dtype=dtype_for_run(args.model, args.dtype),
     )
     print(format_table(result.metrics))
-    print(f"metrics, predictions and parity plot written to {result.out_dir}")
+    print(written_message(result.out_dir, plotted=not args.no_plot))
     return 0
+
+
+def written_message(out_dir: Path, plotted: bool) -> str:
+    """What this evaluation wrote, by file name: the parity plot only where it was drawn."""
+    if plotted:
+        return f"metrics.json, predictions.npz and parity.png written to {out_dir}"
+    stale = (Path(out_dir) / "parity.png").exists()
+    note = "; the parity.png there is from an earlier evaluation" if stale else ""
+    return f"metrics.json and predictions.npz written to {out_dir} (no parity plot: --no-plot){note}"

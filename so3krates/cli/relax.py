@@ -3,8 +3,12 @@
 Relaxes atomic positions — and with ``--cell`` the cell too (FrechetCellFilter: lattice vectors and
 positions together, periodic structures only) — until the largest force is below ``--fmax`` eV/Å (for
 ``--cell`` the stress contributes to that criterion as ASE's filter defines it), then writes the
-relaxed structure with its energy, forces (and stress) and reports the final maximum force. The exit
-status is 0 when converged and 1 when ``--steps`` ran out first.
+relaxed structure with its energy, forces (and stress) and reports the final maximum force. An existing
+--out or --trajectory file is not replaced unless --overwrite is given (checked before the model is
+loaded). A single atom is already relaxed (no force acts on it): 0 steps.
+
+Exit status: 0 converged; 1 ``--steps`` ran out first (the structure reached is still written); 2 bad
+input (a message naming the flag or file; nothing written); 130 interrupted.
 
 Example::
 
@@ -14,10 +18,12 @@ Example::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from so3krates.cli.shared import add_dtype_argument, read_structure
+from so3krates.files import check_new_output, check_writable_dir
 from so3krates.inference import load_force_field
 from so3krates.run_dir import dtype_for_run
 
@@ -35,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="maximum optimiser steps (default 1000)")
     parser.add_argument("--out", default="relaxed.extxyz", help="relaxed structure (extended XYZ)")
     parser.add_argument("--trajectory", default=None, help="also write every optimiser step here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out or --trajectory")
     parser.add_argument("--log", default="-", help="optimiser log file ('-': stdout)")
     add_dtype_argument(parser)
 
@@ -51,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
     atoms = read_structure(args.structure, args.index)
     if args.cell and not atoms.pbc.any():
         raise ValueError("--cell needs a periodic structure (pbc is False in every direction)")
+    outputs = [("--out", args.out, "relaxed structure")]
+    if args.trajectory:
+        outputs.append(("--trajectory", args.trajectory, "trajectory"))
+        if Path(args.trajectory).resolve() == Path(args.out).resolve():
+            raise ValueError(f"--out and --trajectory name the same file, {args.out}")
+    for flag, path, what in outputs:
+        check_new_output(path, flag, overwrite=args.overwrite, what=what)
+        check_writable_dir(Path(path).parent, flag)
     atoms.calc = So3kratesCalculator(model=load_force_field(args.model, dtype_for_run(args.model, args.dtype)))
     target = FrechetCellFilter(atoms, scalar_pressure=args.pressure * units.GPa) if args.cell else atoms
     optimizer = getattr(optimize, args.optimizer)(target, logfile=args.log)

@@ -4,6 +4,9 @@
   ``(init_fn, step_fn)`` pure functions on an :class:`MDState`.
 * :mod:`so3krates.md.engine`: :class:`JaxMD`, chunks of steps in one compiled ``lax.while_loop`` with
   host-side Verlet neighbour lists; :func:`ase_dynamics` for ASE's integrators.
+* :mod:`so3krates.md.limits`: :class:`Limits` (temperature, force, closest pair) that stop a run that
+  blows up with :class:`DynamicsBlewUp`.
+* :mod:`so3krates.md.drivers`: initial velocities, :func:`ase_dynamics` (ASE's integrators), energy drift.
 * :mod:`so3krates.md.output`: trajectory and energy log, flushed per write.
 
 Force fields are loaded with :func:`so3krates.inference.load_force_field` (also importable from here).
@@ -22,13 +25,16 @@ from so3krates.md.integrators import (
     temperature,
     velocity_verlet,
 )
+from so3krates.md.limits import DynamicsBlewUp, Limits
 from so3krates.md.output import EnergyLog, TrajectoryWriter, read_log
 
 __all__ = [
+    "DynamicsBlewUp",
     "ENSEMBLES",
     "EnergyLog",
     "EngineStats",
     "JaxMD",
+    "Limits",
     "MDState",
     "ForceField",
     "Neighbours",

@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +31,18 @@ from so3krates.graph import check_structure
 from so3krates.inference.batches import energy_forces_fn, padded_atoms, template_batch
 from so3krates.inference.force_field import ForceField
 from so3krates.inference.neighbours import Neighbours, SkinNeighbourList, check_close_pairs
+from so3krates.md.drivers import ENSEMBLES, ase_dynamics, drift_per_atom_per_ps, initial_velocities
 from so3krates.md.integrators import MDState, baoab_langevin, bussi, kinetic_energy, velocity_verlet
+from so3krates.md.limits import DynamicsBlewUp, Limits, crossed_on_device, observe
 from so3krates.potential import reference_energy
 
-ENSEMBLES = ("nve", "langevin", "nvt")
+__all__ = ["ENSEMBLES", "EngineStats", "JaxMD", "ase_dynamics", "drift_per_atom_per_ps", "initial_velocities"]
+
+# No atom moves this far (Å) in one step of any sane MD; the engine stops instead of building a list there.
+MAX_JUMP = 100.0
 
 # Status codes of a chunk.
-_OK, _REBUILD, _NOT_FINITE = 0, 1, 2
+_OK, _REBUILD, _NOT_FINITE, _LIMIT = 0, 1, 2, 3
 
 
 @dataclass
@@ -65,6 +69,8 @@ def _check_settings(atoms: Atoms, ensemble: str, timestep_fs: float, temperature
         )
     if ensemble != "nve" and temperature_K <= 0:
         raise ValueError(f"{ensemble} needs a positive temperature, got {temperature_K} K")
+    if not np.isfinite(atoms.get_momenta()).all():
+        raise ValueError("the initial momenta are not finite")
     if ensemble == "nvt" and np.allclose(atoms.get_momenta(), 0.0):
         raise ValueError("the Bussi thermostat rescales velocities: set initial velocities first")
 
@@ -97,6 +103,9 @@ class JaxMD:
         seed: PRNG seed of the thermostats.
         tabulate: use the radial-filter interpolation table (faster; ~1e-6 relative in float32).
         dtype: dtype of positions and momenta; default the model's.
+        limits: :class:`~so3krates.md.limits.Limits` that every step is checked against inside the
+            compiled chunk (temperature, largest force, closest pair); None: none, only non-finite
+            numbers stop the run. ``Limits.default(temperature_K)`` gives the command's defaults.
 
     Attributes:
         state: the current :class:`~so3krates.md.integrators.MDState` (on the device).
@@ -118,6 +127,7 @@ class JaxMD:
         seed: int = 0,
         tabulate: bool = True,
         dtype: Any = None,
+        limits: Limits | None = None,
     ) -> None:
         _check_settings(atoms, ensemble, timestep_fs, temperature_K)
         positions = np.asarray(atoms.positions, np.float64)
@@ -152,6 +162,8 @@ class JaxMD:
             "variables": model.potential.prepare(model.variables, tabulate),
             "template": jax.device_put(self._template_host),
         }
+        self.limits = limits or Limits()
+        self._params["limits"] = jnp.asarray(self.limits.as_array(np.float64), self.dtype)
         self.neighbours = self._to_device(host_neighbours)
 
         fn = _skip_when_stale(energy_forces_fn(model.potential, self.n_atoms), 0.5 * float(skin))
@@ -189,33 +201,45 @@ class JaxMD:
         )
 
     # -- the compiled chunk ----------------------------------------------------------------------
-    def _make_chunk(self, max_move: float) -> Callable[..., tuple[MDState, jax.Array, jax.Array, jax.Array]]:
+    def _make_chunk(self, max_move: float) -> Callable[..., tuple]:
         step_fn = self._step_fn
         limit = max_move * max_move
 
-        def chunk(
-            state: MDState, neighbours: Neighbours, n_steps: jax.Array, params: dict[str, Any]
-        ) -> tuple[MDState, jax.Array, jax.Array, jax.Array]:
-            """Up to ``n_steps`` steps; returns (state, steps taken, status, positions of the last proposal)."""
+        def chunk(state: MDState, neighbours: Neighbours, n_steps: jax.Array, params: dict[str, Any]) -> tuple:
+            """Up to ``n_steps`` steps; returns (state, steps taken, status, positions of the last proposal,
+            its (temperature, largest force, closest pair))."""
+            params = dict(params)
+            limits = params.pop("limits")
+            edges = (neighbours.edge_i, neighbours.edge_j, neighbours.edge_shift, neighbours.edge_mask)
+            cell = params["template"].cell[0]
 
             def cond(carry: tuple) -> jax.Array:
-                i, _, status, _ = carry
+                i, _, status, _, _ = carry
                 return (i < n_steps) & (status == _OK)
 
             def body(carry: tuple) -> tuple:
-                i, current, _, _ = carry
+                i, current, _, _, _ = carry
                 proposed = step_fn(current, neighbours, **params)
                 moved = jnp.max(jnp.sum((proposed.positions - neighbours.reference) ** 2, axis=-1))
                 finite = jnp.isfinite(proposed.energy) & jnp.all(jnp.isfinite(proposed.positions))
-                status = jnp.where(~finite, _NOT_FINITE, jnp.where(moved > limit, _REBUILD, _OK)).astype(jnp.int32)
-                # Keep the step only if its forces were computed with a complete neighbour list.
+                finite &= jnp.all(jnp.isfinite(proposed.forces)) & jnp.all(jnp.isfinite(proposed.momenta))
+                observed = observe(
+                    proposed.positions, proposed.momenta, proposed.forces, proposed.masses, edges, cell
+                ).astype(limits.dtype)
+                # A rejected (stale-list) step has no forces, so it is checked against the limits when repeated.
+                status = jnp.where(
+                    ~finite,
+                    _NOT_FINITE,
+                    jnp.where(moved > limit, _REBUILD, jnp.where(crossed_on_device(observed, limits), _LIMIT, _OK)),
+                ).astype(jnp.int32)
+                # Keep the step only if its forces were computed with a complete neighbour list and it is sane.
                 accept = status == _OK
                 new = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), proposed, current)
-                return i + accept.astype(i.dtype), new, status, proposed.positions
+                return i + accept.astype(i.dtype), new, status, proposed.positions, observed
 
-            init = (jnp.zeros((), jnp.int32), state, jnp.int32(_OK), state.positions)
-            i, state, status, proposal = jax.lax.while_loop(cond, body, init)
-            return state, i, status, proposal
+            init = (jnp.zeros((), jnp.int32), state, jnp.int32(_OK), state.positions, jnp.zeros(3, limits.dtype))
+            i, state, status, proposal, observed = jax.lax.while_loop(cond, body, init)
+            return state, i, status, proposal, observed
 
         return chunk
 
@@ -226,7 +250,10 @@ class JaxMD:
         positions = np.asarray(positions, np.float64)
         capacity = self.neighbour_list.capacity
         host = self.neighbour_list.build(positions, self.cell, self.pbc)
-        check_close_pairs(positions, self.cell, host, where=f"MD step {self.step + 1}")
+        try:
+            check_close_pairs(positions, self.cell, host, where=f"MD step {self.step + 1}")
+        except ValueError as err:  # atoms ran into each other: the dynamics, not the input, went wrong
+            raise DynamicsBlewUp(self.step + 1, "invalid", detail=str(err)) from None
         if host.capacity != capacity:  # grown: the template's padded edge count must follow (recompiles)
             self._template_host = self._template_host.replace(
                 edge_i=host.edge_i, edge_j=host.edge_j, edge_shift=host.edge_shift, edge_mask=host.edge_mask
@@ -245,7 +272,9 @@ class JaxMD:
         """Take ``steps`` steps; call ``callback(self)`` whenever the step count is a multiple of ``interval``.
 
         Chunks end on multiples of ``interval`` (and early for a neighbour-list rebuild), so the
-        callback sees every such step. Raises ``FloatingPointError`` if the dynamics blow up and
+        callback sees every such step. Raises :class:`~so3krates.md.limits.DynamicsBlewUp` (a
+        ``FloatingPointError``) if a step gives non-finite numbers, crosses ``self.limits`` or puts two
+        atoms on top of each other: the state is then that of the step before (the last good one).
         ``RuntimeError`` if an atom moves more than skin / 2 in a single step.
         """
         if interval < 1:
@@ -254,15 +283,19 @@ class JaxMD:
         stuck = 0
         while self.step < target:
             n = min(interval - self.step % interval, target - self.step)
-            state, taken, status, proposal = self._chunk(self.state, self.neighbours, jnp.int32(n), self._params)
+            state, taken, status, proposal, observed = self._chunk(
+                self.state, self.neighbours, jnp.int32(n), self._params
+            )
             taken, status = int(taken), int(status)
             self.state = state
             self.stats.chunks += 1
             if status == _NOT_FINITE:
-                raise FloatingPointError(
-                    f"non-finite energy or positions after step {self.step + 1}: the dynamics blew up "
-                    "(time step too large, or the model is outside its training data)"
-                )
+                raise DynamicsBlewUp(self.step + 1, "not finite")
+            if status == _LIMIT:
+                # Compared with the limits as the chunk saw them (in the model's dtype).
+                limits = Limits(*(float(v) for v in np.asarray(self._params["limits"])))
+                crossed = limits.crossed(*(float(v) for v in np.asarray(observed)))
+                raise DynamicsBlewUp(self.step + 1, *(crossed or ("not finite",)))
             if status == _REBUILD:
                 self.stats.rejected_steps += 1
                 stuck = stuck + 1 if taken == 0 else 0
@@ -270,12 +303,24 @@ class JaxMD:
                     raise RuntimeError(f"step {self.step + 1} keeps outrunning its fresh neighbour list")
                 # The rejected step's positions depend only on the old forces (and its random numbers,
                 # which the repeated step draws again), so a list built there is exact for the repeat.
-                self._rebuild(np.asarray(proposal))
+                proposal = np.asarray(proposal, np.float64)
+                jump = float(np.max(np.abs(proposal - np.asarray(self.state.positions, np.float64))))
+                if not jump <= MAX_JUMP:  # no neighbour search at positions flung that far (or NaN)
+                    self._flung(jump, observed)
+                self._rebuild(proposal)
             else:
                 stuck = 0
             if taken and self.step % interval == 0 and callback is not None:
                 callback(self)
         return self.state
+
+    def _flung(self, jump: float, observed: jax.Array) -> None:
+        """Raise for a step that moved an atom ``jump`` > MAX_JUMP Å: as a temperature above the limit if
+        the step's momenta (before its unevaluated forces) say so, else as the jump."""
+        temperature = float(np.asarray(observed)[0])
+        if temperature > float(np.asarray(self._params["limits"])[0]):
+            raise DynamicsBlewUp(self.step + 1, "temperature", temperature, self.limits.max_temperature_K)
+        raise DynamicsBlewUp(self.step + 1, "invalid", detail=f"an atom moved {jump:.3g} Å in one step")
 
     # -- observables -------------------------------------------------------------------------------
     def potential_energy(self) -> float:
@@ -323,54 +368,3 @@ def _skip_when_stale(fn: Callable[..., tuple[jax.Array, jax.Array]], max_move: f
         return jax.lax.cond(moved > limit, skipped, lambda: fn(positions, neighbours, **params))
 
     return guarded
-
-
-def initial_velocities(atoms: Atoms, temperature_K: float, seed: int = 0) -> None:
-    """Maxwell–Boltzmann momenta at ``temperature_K`` with zero total momentum (in place, via ASE)."""
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-
-    if temperature_K <= 0:
-        atoms.set_momenta(np.zeros((len(atoms), 3)))
-        return
-    thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-
-
-def ase_dynamics(
-    atoms: Atoms,
-    ensemble: str = "nve",
-    timestep_fs: float = 0.5,
-    temperature_K: float = 300.0,
-    friction_per_ps: float = 10.0,
-    taut_fs: float = 100.0,
-    seed: int = 0,
-) -> Any:
-    """The ASE integrator of an ensemble: VelocityVerlet (nve), Langevin (langevin) or Bussi (nvt).
-
-    ``atoms`` must already carry a calculator (e.g. :class:`so3krates.calculator.So3kratesCalculator`).
-    """
-    from ase.md.bussi import Bussi
-    from ase.md.langevin import Langevin
-    from ase.md.verlet import VelocityVerlet
-
-    dt = timestep_fs * units.fs
-    rng = np.random.default_rng(seed)
-    if ensemble == "nve":
-        return VelocityVerlet(atoms, dt)
-    if ensemble == "langevin":
-        # fixcm=False: ASE's fixcm=True does not sample NVT exactly (ASE ≥ 3.28 warns about it).
-        return Langevin(
-            atoms, dt, temperature_K=temperature_K, friction=friction_per_ps / (1000.0 * units.fs), fixcm=False, rng=rng
-        )
-    if ensemble == "nvt":
-        return Bussi(atoms, dt, temperature_K=temperature_K, taut=taut_fs * units.fs, rng=rng)
-    raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
-
-
-def drift_per_atom_per_ps(times_ps: np.ndarray, total_energies: np.ndarray, n_atoms: int) -> float:
-    """Slope of a least-squares line through the total energy, per atom (eV / atom / ps)."""
-    times_ps = np.asarray(times_ps, np.float64)
-    if len(times_ps) < 2 or math.isclose(float(np.ptp(times_ps)), 0.0):
-        return 0.0
-    slope = np.polyfit(times_ps, np.asarray(total_energies, np.float64), 1)[0]
-    return float(slope) / n_atoms
