@@ -26,15 +26,61 @@ def neighbour_list(
         r_ij = positions[j] − positions[i] + shifts @ cell, sorted by i.
     """
     pbc = np.asarray(pbc, dtype=bool)
-    box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-    calculator = vesin.NeighborList(cutoff=float(r_cut), full_list=True, sorted=True)
-    i, j, shifts = calculator.compute(
-        points=np.asarray(positions, dtype=np.float64),
-        box=box,
-        periodic=pbc if pbc.any() else False,
-        quantities="ijS",
-    )
+    positions = np.asarray(positions, dtype=np.float64)
+    if pbc.any():
+        i, j, shifts = _vesin(positions, np.asarray(cell, dtype=np.float64), pbc, r_cut)
+    else:
+        i, j = _molecule_pairs(positions, np.arange(len(positions)), float(r_cut), MAX_EXTENT_IN_CUTOFFS)
+        if not np.all(i[1:] >= i[:-1]):  # cut into slabs: sorted by i as vesin's own list
+            order = np.lexsort((j, i))
+            i, j = i[order], j[order]
+        shifts = np.zeros((len(i), 3))
     return i.astype(np.int32), j.astype(np.int32), shifts.astype(np.int32)
+
+
+#: Largest extent of a molecule, in cutoffs, handed to vesin in one piece. vesin 0.6 builds a cell grid over
+#: the bounding box and dies of a floating-point exception (the process, not a Python error) somewhere
+#: beyond ~10⁵ cells along an axis: an atom flung far away in MD, or a long chain, would kill the run.
+MAX_EXTENT_IN_CUTOFFS = 1.0e4
+
+
+def _vesin(positions: np.ndarray, box: np.ndarray, periodic: np.ndarray | bool, r_cut: float):
+    calculator = vesin.NeighborList(cutoff=float(r_cut), full_list=True, sorted=True)
+    return calculator.compute(points=positions, box=box, periodic=periodic, quantities="ijS")
+
+
+def _molecule_pairs(
+    positions: np.ndarray, index: np.ndarray, r_cut: float, max_extent: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) within r_cut of a non-periodic structure, in the numbering of ``index``.
+
+    A structure wider than ``max_extent`` cutoffs is cut into slabs along its widest axis, only the
+    occupied ones (so an atom 10⁴⁰ Å away costs nothing): each slab's atoms with a halo of r_cut on both
+    sides go to vesin (recursively, for structures wide along several axes), and a pair is kept by the
+    slab that holds its first atom, so every pair is found once. ``max_extent`` ≥ 4 keeps a slab with
+    its halo within ``max_extent`` cutoffs, so the recursion ends.
+    """
+    if len(positions) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    extent = positions.max(axis=0) - positions.min(axis=0)
+    axis = int(np.argmax(extent))
+    if extent[axis] <= max_extent * r_cut:
+        i, j, _ = _vesin(positions, np.zeros((3, 3)), False, r_cut)
+        return index[i], index[j]
+    width = 0.5 * max_extent * r_cut
+    x = positions[:, axis]
+    slab = np.floor((x - x.min()) / width)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    pairs_i, pairs_j = [], []
+    for k in np.unique(slab):
+        lo, hi = x.min() + k * width, x.min() + (k + 1) * width
+        members = order[np.searchsorted(xs, lo - r_cut) : np.searchsorted(xs, hi + r_cut, side="right")]
+        i, j = _molecule_pairs(positions[members], members, r_cut, max_extent)
+        core = slab[i] == k
+        pairs_i.append(index[i[core]])
+        pairs_j.append(index[j[core]])
+    return np.concatenate(pairs_i), np.concatenate(pairs_j)
 
 
 def pair_edges(i: np.ndarray, j: np.ndarray, shifts: np.ndarray) -> np.ndarray:
