@@ -117,7 +117,7 @@ class TrainConfig:
             FIXED,
             DATA,
             "compute the loss in the file's units (data, the default) or in eV and Å (eV: as the authors' "
-            "release trained MD17; the units set how hard --grad-clip binds)",
+            "release trained MD17; the units set how hard grad_clip in --config binds)",
             choices=LOSS_UNITS,
         ),
     )
