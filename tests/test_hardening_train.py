@@ -223,7 +223,16 @@ def test_ctrl_c_then_sigterm_exit_nonzero_with_a_resumable_checkpoint(shared, tm
     }
     command = [sys.executable, "-m", "so3krates.cli.main", "train", "--data", str(data), "--out", str(run)]
     command += ["--config", str(config), *TINY, "--max-epochs", "1000"]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A child of a background job (nohup, some CI runners) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: give it the disposition of a program started from a terminal.
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         while child.poll() is None and time.monotonic() < deadline:
