@@ -43,6 +43,13 @@ def _os_error(err: OSError, path: Path) -> OSError:
     return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
+def error_message(err: Exception) -> str:
+    """One line for the user; an OS error names its file first (``path: No space left on device``)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file beside it, then ``os.replace``.
 

@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from so3krates import __version__, runtime
+from so3krates.files import error_message
 
 EXIT_BAD_INPUT = 2  # bad input, an unwritable output, a refused overwrite: a message, never a traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (ValueError, OSError, KeyError) as err:
         # Users get the message, not a traceback from deep inside JAX.
-        print(f"so3krates {args.command}: error: {_message(err)}", file=sys.stderr)
+        print(f"so3krates {args.command}: error: {error_message(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -73,13 +74,6 @@ def _warning_printer(command: str, default):  # noqa: ANN001, ANN202 - warnings.
         return None
 
     return show
-
-
-def _message(err: Exception) -> str:
-    """One line for the user; an OS error names its file first (``path: No space left on device``)."""
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    return str(err)
 
 
 def console_main() -> int:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from so3krates import run_dir as rd
-from so3krates.files import check_writable_dir
+from so3krates.files import check_writable_dir, error_message
 from so3krates.train.checkpoint import CHECKPOINT_FILE, checkpoint_epoch
 from so3krates.train.records import CURVE_FILE, METRICS_FILE, TENSORBOARD_DIR
 
@@ -85,7 +85,7 @@ def _check_resumable(run_dir: Path) -> None:
         try:
             checkpoint_epoch(path)
         except (ValueError, OSError) as err:
-            raise ValueError(f"cannot resume {run_dir}: {_reason(err)}; {WAYS_OUT}") from None
+            raise ValueError(f"cannot resume {run_dir}: {error_message(err)}; {WAYS_OUT}") from None
         return
     done = _completed(run_dir)
     if done:
@@ -93,12 +93,6 @@ def _check_resumable(run_dir: Path) -> None:
             f"cannot resume {run_dir}: {path} is missing, but the run {done}; resuming would start its "
             f"training over and replace its model. {WAYS_OUT[0].upper()}{WAYS_OUT[1:]}"
         )
-
-
-def _reason(err: Exception) -> str:
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        return f"{err.filename}: {err.strerror}"
-    return str(err)
 
 
 def _completed(run_dir: Path) -> str:
