@@ -213,14 +213,56 @@ def test_disk_full_while_training_keeps_the_last_checkpoint(shared, tmp_path: Pa
 # -- 5. Ctrl-C and SIGTERM: exit non-zero after a resumable checkpoint -------------------------------
 
 
+def _signal_after_epochs(monkeypatch, signum: int, epochs: int = 1) -> None:
+    """Send ``signum`` to this process once ``epochs`` epochs have written their records (as Ctrl-C or a
+    batch system's SIGTERM would, between two steps)."""
+    from so3krates.train import records
+
+    write, calls = records.EpochRecords.write, []
+
+    def write_then_signal(self, history) -> None:
+        write(self, history)
+        calls.append(1)
+        if len(calls) == epochs:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(records.EpochRecords, "write", write_then_signal)
+
+
 def test_ctrl_c_then_sigterm_exit_nonzero_with_a_resumable_checkpoint(shared, tmp_path: Path, capsys, monkeypatch):
     _, data, config = shared
     run = tmp_path / "run"
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONUNBUFFERED": "1",
-    }
+    _signal_after_epochs(monkeypatch, signal.SIGINT)
+    # Python's own Ctrl-C handler, whatever this test process inherited (a background job ignores SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        outcome = cli(["train", "--data", data, "--out", run, "--config", config, *TINY, "--max-epochs", "50"], capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "Traceback" not in outcome.err
+    assert outcome.code == 130, outcome.out + outcome.err
+    epoch = ck.checkpoint_epoch(run / CKPT)
+    assert epoch == 1
+    assert f"interrupted (SIGINT) after epoch {epoch}" in outcome.err and "--resume" in outcome.err
+    rd.load_run(run)  # the best model so far is saved as well
+
+    monkeypatch.undo()
+    _signal_after_epochs(monkeypatch, signal.SIGTERM)  # resume it, and stop it with SIGTERM after one epoch
+    outcome = cli(["train", "--out", run, "--resume"], capsys)
+    assert "Traceback" not in outcome.err
+    assert outcome.code == 143, outcome.out + outcome.err
+    assert f"after epoch {epoch}" in outcome.out  # resumed where Ctrl-C stopped it
+    assert f"interrupted (SIGTERM) after epoch {epoch + 1}" in outcome.err and "--resume" in outcome.err
+    assert ck.checkpoint_epoch(run / CKPT) == epoch + 1
+    assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == list(range(1, epoch + 2))
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_child_process_exits_130_with_a_resumable_checkpoint(shared, tmp_path: Path) -> None:
+    """The same as a user sees it: a real SIGINT to a ``so3krates train`` process."""
+    _, data, config = shared
+    run = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "so3krates.cli.main", "train", "--data", str(data), "--out", str(run)]
     command += ["--config", str(config), *TINY, "--max-epochs", "1000"]
     # A child of a background job (nohup, some CI runners) inherits SIGINT ignored, and Python then installs
@@ -250,25 +292,7 @@ def test_ctrl_c_then_sigterm_exit_nonzero_with_a_resumable_checkpoint(shared, tm
     epoch = ck.checkpoint_epoch(run / CKPT)
     assert epoch >= 1
     assert f"interrupted (SIGINT) after epoch {epoch}" in err and "--resume" in err
-    rd.load_run(run)  # the best model so far is saved as well
-
-    # Resume it (in process), and stop it with SIGTERM after its first epoch.
-    from so3krates.train import records
-
-    write = records.EpochRecords.write
-
-    def write_then_sigterm(self, history) -> None:
-        write(self, history)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(records.EpochRecords, "write", write_then_sigterm)
-    outcome = cli(["train", "--out", run, "--resume"], capsys)
-    assert "Traceback" not in outcome.err
-    assert outcome.code == 143, outcome.out + outcome.err
-    assert f"after epoch {epoch}" in outcome.out  # resumed where Ctrl-C stopped it
-    assert f"interrupted (SIGTERM) after epoch {epoch + 1}" in outcome.err and "--resume" in outcome.err
-    assert ck.checkpoint_epoch(run / CKPT) == epoch + 1
-    assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == list(range(1, epoch + 2))
+    rd.load_run(run)
 
 
 # -- 6. model and training numbers that cannot work ---------------------------------------------------
