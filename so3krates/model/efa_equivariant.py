@@ -22,7 +22,8 @@ same angle in every (l, m) slot (it commutes with Wigner-D), and
 
 κ is invariant (Σ_m q_lm k_lm is), so y_{lm} transforms like v_{lm}. The l ≥ 1 terms of κ contain
 χ_i^(l)·χ_j^(l): the relative orientation of two atoms' SPHCs at any distance, which is what the
-cumulene torsion needs (first order in the torsion; the invariant kernel is second order).
+cumulene torsion needs. (In y_00 the first-order terms of an end group's equivalent atoms cancel; the torsion
+reaches the invariants through the l ≥ 1 output, which is why it updates χ: docs/efa.md, the torsion probe.)
 
 The update (:class:`EquivariantEfaUpdate`): the l = 0 part of y updates x exactly as in ``EfaUpdate``;
 the l ≥ 1 part updates the SPHCs, Δχ_i^(l) = Σ_f y_{i,lm,f} w_{l,f} (w_l zero-initialised, no bias):
