@@ -110,6 +110,12 @@ def test_nonlocal_and_efa_flags_reach_the_model_config(tmp_path: Path) -> None:
     assert model.efa_layers == (0, 2)
     with pytest.raises(ValueError, match="efa_layers"):  # the config's own check, before any training
         cli_train.resolve_config(parser.parse_args([*flags[:-1], "0,5"]))
+    equivariant = ["--data", "x.xyz", "--degrees", "1,2", "--global-attention", "efa-control", "--efa-max-degree", "2"]
+    model = cli_train.resolve_config(parser.parse_args(equivariant)).model
+    assert model.global_attention == "efa-control" and model.efa_max_degree == 2
+    needs = r"\[1, 2\] from the SPHCs.*degrees \(--degrees\) = \[3\] has none"  # equivariant EFA reads χ^(1), χ^(2)
+    with pytest.raises(ValueError, match=needs):
+        cli_train.resolve_config(parser.parse_args([*equivariant[:2], "--degrees", "3", *equivariant[4:]]))
 
 
 @pytest.mark.slow

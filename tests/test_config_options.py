@@ -38,6 +38,7 @@ PUBLIC_FLAGS = {
     *("--features", "--layers", "--degrees", "--cutoff", "--heads", "--dtype", "--nonlocal-correction"),
     *("--nonlocal", "--kappa", "--nonlocal-kappa", "--nonlocal-p", "--global-attention", "--efa-qk-features"),
     *("--efa-v-features", "--efa-max-frequency", "--efa-max-length", "--efa-grid-size", "--efa-layers"),
+    "--efa-max-degree",
     *("--devices", "--coordinator", "--num-processes", "--process-id"),
 }
 
@@ -84,6 +85,7 @@ SAMPLE: dict[str, Any] = {
         "efa_max_length": 12.0,
         "efa_grid_size": 86,
         "efa_layers": (0, 2),
+        "efa_max_degree": 1,
     },
 }
 

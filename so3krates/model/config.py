@@ -7,6 +7,8 @@ import warnings
 from dataclasses import InitVar, asdict, dataclass, fields
 from typing import Any
 
+GLOBAL_ATTENTION = (None, "efa", "efa-control")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -29,7 +31,9 @@ class ModelConfig:
         nonlocal_normalization: the spherical harmonics eq. 14's SPHC distances are measured in:
             "orthonormal" (the paper's and its authors' release's, the default) or "racah" (e3x's,
             √(4π/(2l+1)) times larger; what this package used before, kept for comparisons, docs/cumulene.md).
-        global_attention: None, or "efa" for Euclidean fast attention (see docs).
+        global_attention: None; "efa" for Euclidean fast attention (docs/efa.md); "efa-control" for its
+            matched local control: the same branch with the attention replaced by its value projection
+            (a Dense layer of the same inputs), no grid, no global interaction.
         pseudotensor_paths: keep the Clebsch–Gordan paths with l1 + l2 + l odd in eq. 19 (the paper's
             "all valid combinations"); False makes the energy invariant under inversion too.
         efa_qk_features: F_qk, width of the EFA queries and keys (even: ERoPE rotates channel pairs).
@@ -39,6 +43,9 @@ class ModelConfig:
         efa_grid_size: M, number of Lebedev directions; must be a Lebedev size whose safe frequency
             (docs/efa.md) covers b_max.
         efa_layers: layers t that get an EFA update; None: all of them.
+        efa_max_degree: highest degree of the EFA queries, keys and values: 0 (invariant, the EFA of
+            issue #7), 1 or 2 (equivariant EFA, docs/efa.md: built from the SPHCs χ^(l), l ≤ this degree,
+            which must all be among ``degrees``; the l ≥ 1 output updates χ).
         remat: rematerialise each So3krates layer (``flax.linen.remat``) so that the backward pass that
             gives forces may keep only each layer's inputs and recompute its per-edge activations; with a
             tabulated radial filter each layer interpolates its own filters inside the rematerialised
@@ -70,6 +77,7 @@ class ModelConfig:
     efa_max_length: float = 15.0
     efa_grid_size: int = 50
     efa_layers: tuple[int, ...] | None = None
+    efa_max_degree: int = 0
     remat: bool = False
     # The spelling before issue #20, accepted as a keyword for one release (not a field: never saved).
     nonlocal_normalisation: InitVar[str | None] = None
@@ -99,8 +107,8 @@ class ModelConfig:
             raise ValueError(
                 f"nonlocal_normalization must be 'orthonormal' or 'racah', got {self.nonlocal_normalization!r}"
             )
-        if self.global_attention not in (None, "efa"):
-            raise ValueError(f"global_attention must be None or 'efa', got {self.global_attention!r}")
+        if self.global_attention not in GLOBAL_ATTENTION:
+            raise ValueError(f"global_attention must be None, 'efa' or 'efa-control', got {self.global_attention!r}")
         self._check_efa()
 
     def _check_sizes(self) -> None:
@@ -122,8 +130,10 @@ class ModelConfig:
 
     def _check_efa(self) -> None:
         """EFA hyperparameters; the grid/frequency rule only when EFA is switched on."""
-        for name, kind in (("efa_qk_features", int), ("efa_v_features", int), ("efa_grid_size", int)):
-            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.efa_max_degree not in (0, 1, 2) or isinstance(self.efa_max_degree, bool):
+            raise ValueError(f"efa_max_degree must be 0, 1 or 2, got {self.efa_max_degree!r}")
+        for name in ("efa_qk_features", "efa_v_features", "efa_grid_size", "efa_max_degree"):
+            object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("efa_max_frequency", "efa_max_length"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.efa_layers is not None:
@@ -139,6 +149,13 @@ class ModelConfig:
             raise ValueError(
                 f"efa_max_frequency and efa_max_length must be positive, got "
                 f"{self.efa_max_frequency} and {self.efa_max_length}"
+            )
+        missing = [l for l in range(1, self.efa_max_degree + 1) if l not in self.degrees]
+        if self.global_attention is not None and missing:
+            raise ValueError(
+                f"efa_max_degree = {self.efa_max_degree} builds the EFA queries, keys and values of degree "
+                f"{missing} from the SPHCs of that degree, but degrees = {list(self.degrees)} has none: add "
+                f"{missing} to degrees or lower efa_max_degree"
             )
         if self.global_attention == "efa":
             from so3krates.model.lebedev import check_grid  # lazy: keeps jax out of importing the config

@@ -217,6 +217,22 @@ def graph_extent(positions: Array, node_graph: Array, node_mask: Array, num_grap
     return jnp.maximum(jnp.minimum(2.0 * radius, box)[:num_graphs], 0.0)
 
 
+def check_batch(positions: Array, batch: Batch, max_length: float) -> None:
+    """Refuse periodic input and warn about structures wider than r_max (:func:`check_structures`):
+    eagerly when the batch is concrete (init, unjitted calls), otherwise from inside the compiled function."""
+    num_graphs = batch.graph_mask.shape[0]
+    periodic = jnp.any(jnp.asarray(batch.pbc), axis=-1)
+    node_mask = jnp.asarray(batch.node_mask)
+    extent = graph_extent(jax.lax.stop_gradient(positions), batch.node_graph, node_mask, num_graphs)
+    values = [_concrete(a) for a in (periodic, extent, batch.graph_mask)]
+    if all(a is not None for a in values):
+        check_structures(*values, max_length)
+    else:
+        jax.debug.callback(
+            functools.partial(check_structures, max_length=max_length), periodic, extent, jnp.asarray(batch.graph_mask)
+        )
+
+
 class EfaUpdate(nn.Module):
     """EFA update of the invariant features of one So3krates layer (docs/efa.md §6, P = 1, L = 0).
 
@@ -246,21 +262,7 @@ class EfaUpdate(nn.Module):
         frequencies = erope_frequencies(cfg.efa_qk_features, cfg.efa_max_frequency, cfg.efa_max_length)
         num_graphs = batch.graph_mask.shape[0]
         node_mask = jnp.asarray(batch.node_mask)
-
-        # Refuse periodic input, warn about structures wider than r_max: eagerly when the batch is
-        # concrete (init, unjitted calls), otherwise from inside the compiled function.
-        periodic = jnp.any(jnp.asarray(batch.pbc), axis=-1)
-        extent = graph_extent(jax.lax.stop_gradient(positions), batch.node_graph, node_mask, num_graphs)
-        values = [_concrete(a) for a in (periodic, extent, batch.graph_mask)]
-        if all(a is not None for a in values):
-            check_structures(*values, cfg.efa_max_length)
-        else:
-            jax.debug.callback(
-                functools.partial(check_structures, max_length=cfg.efa_max_length),
-                periodic,
-                extent,
-                jnp.asarray(batch.graph_mask),
-            )
+        check_batch(positions, batch, cfg.efa_max_length)
 
         def dense(features: int, name: str, **kwargs) -> nn.Dense:
             return nn.Dense(features, dtype=dtype, param_dtype=dtype, name=name, **kwargs)

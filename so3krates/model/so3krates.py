@@ -95,7 +95,7 @@ class So3krates(nn.Module):
         # nn.remat counts self as argument 0: nonlocal_fn (a Python closure, argument 6) must be static.
         layer_class = nn.remat(So3kratesLayer, static_argnums=(6,)) if cfg.remat else So3kratesLayer
         for t in range(cfg.num_layers):
-            x_in = x
+            x_in, chi_in = x, chi
             x, chi = layer_class(
                 cfg.features,
                 cfg.num_heads,
@@ -107,12 +107,19 @@ class So3krates(nn.Module):
                 name=f"layer_{t}",
             )(x, chi, edges, radial[t], sphc_pairs, nonlocal_fn)
             if t in efa_layers:
-                # Euclidean fast attention reads the same x as the local layer (they run in parallel).
-                from so3krates.model.efa import EfaUpdate
-
+                # Euclidean fast attention reads the same x (and χ) as the local layer: they run in parallel.
                 if positions is None:
-                    raise ValueError("global_attention='efa' needs the atomic positions")
-                x = x + EfaUpdate(cfg, name=f"efa_{t}")(x_in, positions, batch)
+                    raise ValueError(f"global_attention={cfg.global_attention!r} needs the atomic positions")
+                if cfg.global_attention == "efa" and cfg.efa_max_degree == 0:  # issue #7's invariant EFA
+                    from so3krates.model.efa import EfaUpdate
+
+                    x = x + EfaUpdate(cfg, name=f"efa_{t}")(x_in, positions, batch)
+                else:  # equivariant EFA (issue #18) or the matched local control
+                    from so3krates.model.efa_equivariant import EquivariantEfaUpdate
+
+                    update = EquivariantEfaUpdate(cfg, update_sphc=t < cfg.num_layers - 1, name=f"efa_{t}")
+                    dx, dchi = update(x_in, chi_in, positions, batch)
+                    x, chi = x + dx, chi + dchi
             # SPHCs after each layer, for the equivariance tests and the SPHC figures (Fig. 3).
             self.sow("intermediates", "sphc", chi)
 
@@ -121,10 +128,10 @@ class So3krates(nn.Module):
         return jnp.where(batch.node_mask, scale.value[batch.numbers] * energy, 0.0)
 
     def efa_layers(self) -> tuple[int, ...]:
-        """The layers with a Euclidean fast attention update (module ``efa_{t}``): ``config.efa_layers``,
-        all layers when that is None, none without ``global_attention='efa'``."""
+        """The layers with a Euclidean fast attention update (module ``efa_{t}``, or its local control):
+        ``config.efa_layers``, all layers when that is None, none without ``global_attention``."""
         cfg = self.config
-        if cfg.global_attention != "efa":
+        if cfg.global_attention is None:
             return ()
         return tuple(range(cfg.num_layers)) if cfg.efa_layers is None else cfg.efa_layers
 

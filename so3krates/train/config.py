@@ -315,8 +315,8 @@ register_options(
             FIXED,
             MODEL,
             "global interactions at linear cost: efa = Euclidean fast attention (docs/efa.md), in every layer "
-            "unless --efa-layers",
-            choices=("efa",),
+            "unless --efa-layers; efa-control = its matched local control (the attention replaced by a Dense layer)",
+            choices=("efa", "efa-control"),
         ),
         "pseudotensor_paths": Option(FIXED, flags=()),
         "efa_qk_features": Option(FIXED, MODEL, "EFA query/key width, even (default 16)"),
@@ -325,6 +325,12 @@ register_options(
         "efa_max_length": Option(FIXED, MODEL, "EFA r_max in Å: the largest distance within a structure (default 15)"),
         "efa_grid_size": Option(FIXED, MODEL, "EFA Lebedev directions; must integrate b_max (default 50)"),
         "efa_layers": Option(FIXED, MODEL, "layers (0-based, comma-separated) with EFA (default all)", type=layers),
+        "efa_max_degree": Option(
+            FIXED,
+            MODEL,
+            "EFA query/key/value degree: 0 invariant (default), 1 or 2 equivariant from the SPHCs, whose l ≥ 1 "
+            "output updates the SPHCs",
+        ),
         "remat": Option(FIXED, flags=()),
     },
 )
