@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "results" / "runs" / "cumulene"
 FIGURES = ROOT / "docs" / "figures"
 SCAN_ANGLES = np.arange(0.0, 180.0 + 1e-9, 5.0)
-VARIANTS = ("local", "nonlocal", "efa", "nonlocal_efa")
+VARIANTS = ("local", "nonlocal", "efa", "nonlocal_efa", "efa1", "nonlocal_efa1", "efa1_control")
 TRAIN_DEFAULT = ("local", "nonlocal")
 # EFA (docs/efa.md, section "Cumulene with EFA"): r_max 13 Å covers the longest chain (C9: 11.8 Å between
 # the end hydrogens of the ideal geometry, plus the 0.02 Å displacements); b_max = 4π needs a Lebedev grid
@@ -74,7 +74,10 @@ def model_config(
 
     Args:
         variant: "local" (eq. 13), "nonlocal" (eq. 14 with κ = 1, p = 6, A.2), "efa" (the local model plus
-            Euclidean fast attention in every layer, ``global_attention="efa"``) or "nonlocal_efa" (both).
+            Euclidean fast attention in every layer, ``global_attention="efa"``), "nonlocal_efa" (both);
+            "efa1", "nonlocal_efa1": the same with equivariant EFA (q, k, v of degrees ≤ 1, its l = 1
+            output added to the SPHCs, ``efa_max_degree=1``); "efa1_control": the matched local control
+            of "efa1" (``global_attention="efa-control"``: the EFA branch replaced by Dense layers).
         features: F (paper 128).  radial_hidden: hidden width of the radial filter MLP (paper 128; on
             the all-pairs list of the non-local model it dominates the cost, hence smaller here).
         efa_max_length, efa_max_frequency, efa_grid_size: r_max (Å), b_max and M of the EFA variants
@@ -87,9 +90,10 @@ def model_config(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     efa: dict[str, Any] = {}
-    if variant in ("efa", "nonlocal_efa"):  # the local / non-local configs stay as they were
+    if variant != "local" and variant != "nonlocal":  # the local / non-local configs stay as they were
         efa = {
-            "global_attention": "efa",
+            "global_attention": "efa-control" if variant.endswith("_control") else "efa",
+            "efa_max_degree": 1 if "efa1" in variant else 0,
             "efa_max_length": efa_max_length,
             "efa_max_frequency": efa_max_frequency,
             "efa_grid_size": efa_grid_size,
@@ -103,7 +107,7 @@ def model_config(
         radial_hidden=radial_hidden,
         spherical_hidden=32,
         dtype=dtype,
-        nonlocal_correction=variant in ("nonlocal", "nonlocal_efa"),
+        nonlocal_correction=variant.startswith("nonlocal"),
         nonlocal_kappa=1.0,
         nonlocal_p=6,
         nonlocal_normalization=nonlocal_normalization,
@@ -368,7 +372,7 @@ def evaluate(carbons: Sequence[int], work: Path, figures_chain: int = 9) -> dict
         plot_profiles(profiles, FIGURES / "cumulene_profiles.png", ("xtb", "local", "nonlocal"))
     elif profiles:
         print(f"cumulene_profiles.png not written (missing models: {', '.join(missing)})", flush=True)
-    if any(v in d for d in profiles.values() for v in ("efa", "nonlocal_efa")):
+    if any(v in d for d in profiles.values() for v in VARIANTS[2:]):
         with_models = {n: d for n, d in profiles.items() if any(v in d for v in VARIANTS)}
         plot_profiles(with_models, FIGURES / "cumulene_efa_profiles.png", ("xtb", *VARIANTS))
     if figures_chain in profiles and "nonlocal" in profiles[figures_chain]:
@@ -455,6 +459,9 @@ def plot_profiles(
         "nonlocal": ("tab:red", "-", "non-local"),
         "efa": ("tab:green", "-.", "EFA"),
         "nonlocal_efa": ("tab:purple", ":", "non-local + EFA"),
+        "efa1": ("tab:orange", "-", "EFA l≤1"),
+        "nonlocal_efa1": ("tab:brown", "-.", "non-local + EFA l≤1"),
+        "efa1_control": ("tab:gray", ":", "control of EFA l≤1"),
     }
     for ax, n in zip(axes.flat, chains, strict=False):
         d = profiles[n]
