@@ -2,8 +2,8 @@
 
 * :func:`atomic_write` fills a temporary file beside the target, syncs it and moves it into place with
   ``os.replace`` (atomic on POSIX): a crash, a full disk or a kill while writing leaves the previous
-  content untouched. The file gets the permissions any other program would give it (``0666`` less the
-  process umask), not the ``0600`` of :func:`tempfile.mkstemp`.
+  content untouched. A new file gets the permissions any other program would give it (``0666`` less the
+  process umask), not the ``0600`` of :func:`tempfile.mkstemp`; a rewritten one keeps its own.
 * :func:`check_new_output` refuses to replace an existing file unless the user said so with a flag.
 * :func:`check_writable_dir` finds an unwritable or full output folder before hours of work, not after.
 * :func:`sha256` is the checksum that model files and checkpoints carry, so that a file that still
@@ -50,6 +50,15 @@ def error_message(err: Exception) -> str:
     return str(err)
 
 
+def _mode_for(path: Path) -> int:
+    """The permissions of a file written to ``path``: those it has (a user's ``chmod`` survives a rewrite),
+    else ``0666`` less the umask, as any other program would create it."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write ``path`` atomically: ``write(fileobj)`` fills a temporary file beside it, then ``os.replace``.
 
@@ -66,8 +75,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except OSError as err:
         raise _os_error(err, path) from None
     try:
-        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), _mode_for(path))
             write(f)
             f.flush()
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible

@@ -27,6 +27,8 @@ def neighbour_list(
     """
     pbc = np.asarray(pbc, dtype=bool)
     positions = np.asarray(positions, dtype=np.float64)
+    if not np.isfinite(positions).all():  # vesin and the slabs would both return a list missing pairs
+        raise ValueError("neighbour list: positions are not finite (NaN or infinite coordinates)")
     if pbc.any():
         i, j, shifts = _vesin(positions, np.asarray(cell, dtype=np.float64), pbc, r_cut)
     else:

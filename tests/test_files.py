@@ -80,3 +80,11 @@ def test_a_trained_run_has_the_users_permissions(tmp_path_factory: pytest.TempPa
     assert {p.name for p in written} >= {"model.safetensors", "config.yaml", "metadata.json", "split.npz"}
     for p in written:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~files.umask(), p
+
+
+def test_a_rewritten_file_keeps_its_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    files.atomic_write_bytes(target, b"one")
+    target.chmod(0o600)  # the user's choice survives the next write
+    files.atomic_write_bytes(target, b"two")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and target.read_bytes() == b"two"

@@ -59,6 +59,15 @@ def test_md_that_blows_up_stops_with_exit_3_and_keeps_the_last_good_frame(run, t
     assert len(log_lines) == 1 and float(log_lines[0].split()[-1]) < 5300
 
 
+def test_a_blow_up_after_append_names_the_step_as_the_files_count_it(run, tmp_path, capsys):
+    out = tmp_path / "md.extxyz"
+    first = md_args(run, write(tmp_path / "h2o.extxyz", molecule("H2O")), out, "--steps", 4, "--interval", 2)
+    assert cli(first, capsys).code == 0
+    outcome = cli(md_args(run, out, out, "--append", "--steps", 50, "--timestep", 200), capsys)
+    assert_clean_error(outcome, "blew up at step 5", "up to step 4", code=3)  # the files' steps 0, 2, 4
+    assert [f.info["step"] for f in ase.io.read(out, index=":")] == [0, 2, 4]
+
+
 def test_md_nan_is_exit_3_and_the_last_good_step_is_written(run, tmp_path, capsys):
     """A time step so large that positions overflow float32: non-finite numbers, the same exit as a limit."""
     structure = write(tmp_path / "h2o.extxyz", molecule("H2O"))
@@ -147,6 +156,12 @@ def test_periodic_md_writes_the_models_stress_and_append_continues_the_run(run, 
     assert [int(line.split()[0]) for line in log[1:]] == [0, 3, 6, 9, 12]
     totals = [float(line.split()[4]) for line in log[1:]]
     assert np.ptp(totals) < 1e-3  # one continuous NVE run: the total energy carries on
+
+    # --append from another structure would repeat the last step number: refused, both files untouched.
+    before = (out.read_bytes(), out.with_suffix(".log").read_bytes())
+    outcome = cli(md_args(run, structure, out, *common, "--append"), capsys)
+    assert_clean_error(outcome, "--append", f"--structure {out}", "repeat the last step")
+    assert (out.read_bytes(), out.with_suffix(".log").read_bytes()) == before
 
 
 # -- item 3: outputs are never overwritten unasked ------------------------------------------------------

@@ -467,3 +467,15 @@ def _rows_done(run: Path) -> int:
         return len((run / "metrics.csv").read_text().splitlines()) - 1
     except OSError:
         return 0
+
+
+def test_files_named_like_run_files_but_not_a_run_are_refused(tmp_path: Path, capsys) -> None:
+    """A folder with the user's own metrics.csv and metadata.json (no run marker) is not a run to replace."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("my,own,data\n")
+    (mine / rd.METADATA_FILE).write_text('{"mine": 1}')
+    before = _snapshot(mine)
+    outcome = cli(["train", "--data", tmp_path / "never_read.extxyz", "--out", mine], capsys)
+    assert_clean_error(outcome, f"--out {mine}", "not empty", "metrics.csv", "--overwrite")
+    assert _snapshot(mine) == before

@@ -49,3 +49,11 @@ def test_a_long_chain_is_listed_in_slabs() -> None:
     i, j, shifts = nl.neighbour_list(chain, NO_CELL, NO_PBC, 1.5)  # 2.7e4 cutoffs wide: cut into slabs
     assert len(i) == 2 * (40_000 - 1) and np.all(np.abs(i - j) == 1) and not shifts.any()
     assert np.all(np.diff(i) >= 0)
+
+
+def test_non_finite_positions_are_refused_not_listed_without_pairs() -> None:
+    import pytest
+
+    positions = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [np.nan, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="not finite"):
+        nl.neighbour_list(positions, NO_CELL, NO_PBC, 2.0)

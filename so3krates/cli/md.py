@@ -6,9 +6,9 @@ ase`` uses ASE's integrators with the So3krates calculator. The trajectory (exte
 momenta, energies and forces, and the stress of periodic structures) and the energy log (step, time in
 ps, potential, kinetic and total energy in eV, temperature in K) are written every ``--interval`` steps
 and flushed, so a killed run keeps what it had written. Existing --out and --log files are never
-replaced unless --overwrite is given; --append adds to them (steps and times continue from the last frame
-of --out; with --structure OUT --keep-velocities the run continues where that trajectory ended, and its
-starting frame, already there, is not written again).
+replaced unless --overwrite is given; --append continues the run in them from the last frame of --out
+(--structure OUT, with --keep-velocities for its momenta too): steps and times go on, and that frame,
+already there, is not written again.
 
 Every step is checked against limits that tell a run that blows up from one that is merely hot:
 temperature (--max-temperature, default max(10 T, T + 5000 K)), the largest force on an atom
@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     existing.add_argument(
         "--append",
         action="store_true",
-        help="add to an existing --out and --log; steps and times continue from the last frame of --out",
+        help="continue the run in --out and --log from the last frame of --out (--structure OUT); steps and "
+        "times go on",
     )
     parser.add_argument("--interval", type=int, default=10, help="write a frame and a log line every N steps")
     parser.add_argument("--engine", choices=("jax", "ase"), default="jax")
@@ -159,20 +160,31 @@ def check_outputs(args: argparse.Namespace, log_path: str) -> None:
         check_writable_dir(Path(path).parent, flag)
 
 
-def continuation(args: argparse.Namespace) -> tuple[int, float, bool]:
-    """With --append: (step, time in ps) of the last frame of --out, and whether this run starts from that
-    very frame (--structure is --out, --index -1), whose frame is then not written again."""
+def continuation(args: argparse.Namespace, log_path: str) -> tuple[int, float, bool]:
+    """With --append: (step, time in ps) of the last frame of --out, which the run starts from (--structure
+    is --out, --index -1; anything else is refused) and so does not write again."""
     out = Path(args.out)
-    if not args.append or not out.exists() or out.stat().st_size == 0:
+    if not args.append:
         return 0, 0.0, False
+    if not out.exists() or out.stat().st_size == 0:
+        if Path(log_path).exists() and Path(log_path).stat().st_size > 0:
+            raise ValueError(
+                f"--append: --log {log_path} has steps but --out {out} has no frame to continue from; "
+                "append to both or to neither"
+            )
+        return 0, 0.0, False
+    if Path(args.structure).resolve() != out.resolve() or int(args.index) != -1:
+        raise ValueError(
+            f"--append continues the run in --out {out} from its last frame: give --structure {out} (--index -1), "
+            "optionally with --keep-velocities; a different starting structure would repeat the last step number"
+        )
     try:
         last = ase.io.read(out, index=-1)
     except Exception as err:  # noqa: BLE001 (ASE's readers raise anything)
         raise ValueError(f"--append: cannot read the last frame of --out {out} to continue from: {err}") from None
     step = int(last.info.get("step", 0))
     time_ps = float(last.info.get("time_ps", step * args.timestep / 1000.0))
-    same = Path(args.structure).resolve() == out.resolve() and int(args.index) == -1
-    return step, time_ps, same
+    return step, time_ps, True
 
 
 class Recorder:
@@ -207,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     check_structure(atoms, args)
     log_path = args.log or str(Path(args.out).with_suffix(".log"))
     check_outputs(args, log_path)
-    first_step, first_time_ps, continuing = continuation(args)
+    first_step, first_time_ps, continuing = continuation(args, log_path)
     model = load_force_field(args.model, dtype_for_run(args.model, args.dtype))
     if not args.keep_velocities:
         md_engine.initial_velocities(atoms, args.temperature, seed=args.seed)
@@ -327,9 +339,10 @@ def report_blow_up(err: DynamicsBlewUp, args: argparse.Namespace, record: Record
     kept = record.trajectory.frames
     last = "" if record.last_step is None else f" up to step {record.first_step + record.last_step}"
     print(
-        f"so3krates md: error: {err}. Try a smaller --timestep (now {args.timestep:g} fs), a structure closer to the "
-        f"training data, or another model{limit}. The trajectory{last} ({kept} frame{'s' if kept != 1 else ''}, "
-        f"the last good step included) is in {args.out}, the energy log in {log_path}.",
+        f"so3krates md: error: {err.message(record.first_step)}. Try a smaller --timestep (now {args.timestep:g} "
+        f"fs), a structure closer to the training data, or another model{limit}. The trajectory{last} "
+        f"({kept} frame{'s' if kept != 1 else ''}, the last good step included) is in {args.out}, the energy log "
+        f"in {log_path}.",
         file=sys.stderr,
     )
     return EXIT_BLEW_UP

@@ -115,9 +115,13 @@ class DynamicsBlewUp(FloatingPointError):
         self.step, self.quantity, self.value, self.limit = int(step), quantity, float(value), float(limit)
         self.flag = LIMIT_FLAGS[quantity][0]
         self.what = LIMIT_FLAGS[quantity][1].format(value=value, limit=limit, detail=detail)
-        super().__init__(
-            f"the dynamics blew up at step {step}: {self.what} (a time step too large, or a structure outside the "
-            "model's training data)"
+        super().__init__(self.message())
+
+    def message(self, first_step: int = 0) -> str:
+        """The message, with the step counted from ``first_step`` (a run appended to an earlier one)."""
+        return (
+            f"the dynamics blew up at step {first_step + self.step}: {self.what} (a time step too large, or a "
+            "structure outside the model's training data)"
         )
 
 

@@ -36,8 +36,20 @@ def _temporary(name: str) -> bool:
     return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
 
 
-def _own(name: str) -> bool:
-    return name in RUN_FILES or name == TENSORBOARD_DIR or _temporary(name)
+def _started_run(run_dir: Path) -> bool:
+    """A metadata.json that this package wrote: a run killed in its start-up, before config.yaml."""
+    try:
+        meta = json.loads((run_dir / rd.METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "so3krates_version" in meta and "format_version" in meta
+
+
+def _own(name: str, started: bool) -> bool:
+    """A file a new run may replace without --overwrite, in a folder with no run marker: temporary files of
+    killed writes and, after a start-up that was killed, its metadata and split; a user's own metrics.csv,
+    curve or TensorBoard folder are not (they need --overwrite)."""
+    return _temporary(name) or (started and name in (rd.METADATA_FILE, rd.SPLIT_FILE))
 
 
 def check_output(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -67,7 +79,8 @@ def _check_new(run_dir: Path) -> None:
             f"--out {run_dir} already contains a training run; use --resume to continue it, --overwrite to "
             "replace it (its model, checkpoint and records; other files stay), or another --out"
         )
-    others = [name for name in names if not _own(name)]
+    started = _started_run(run_dir)
+    others = [name for name in names if not _own(name, started)]
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise ValueError(

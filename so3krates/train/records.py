@@ -99,11 +99,12 @@ def start_run_directory(
         return {**rd.read_metadata(run_dir), **{k: v for k, v in metadata.items() if k != "num_parameters"}}
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        # config.yaml last: once it exists (what --resume looks for), the split and metadata.json do too.
-        rd.save_split_file(run_dir / rd.SPLIT_FILE, split)
+        # config.yaml last: once it exists (what --resume looks for), the split and metadata.json do too;
+        # metadata.json first: it marks a start-up that was killed, whose files a new run may replace.
         files.atomic_write_text(
             run_dir / rd.METADATA_FILE, json.dumps(stamped(metadata, started=now()), indent=2, ensure_ascii=False)
         )
+        rd.save_split_file(run_dir / rd.SPLIT_FILE, split)
         files.atomic_write_text(run_dir / rd.CONFIG_FILE, _yaml(config.to_dict()))
     return metadata
 
