@@ -65,3 +65,53 @@ def central_difference_forces(energy: Callable[[np.ndarray], float], positions: 
             minus[a, k] -= h
             out[a, k] = -(energy(plus) - energy(minus)) / (2 * h)
     return out
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A random proper rotation matrix (3, 3)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q * np.linalg.det(q)
+
+
+def cluster(rng: np.random.Generator, n: int, diameter: float = 14.0) -> np.ndarray:
+    """n random points in a ball of the given diameter (all distances below r_max = 15 Å)."""
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return d * (diameter / 2) * rng.uniform(0, 1, (n, 1)) ** (1 / 3) + rng.uniform(-3, 3, 3)
+
+
+def assert_forces_match_differences_and_rotate(
+    potential: Potential, variables, pos: np.ndarray, z: np.ndarray, r_cut: float, rng: np.random.Generator, **kwargs
+) -> None:
+    """Forces equal central differences of the energy (four components, float64) and, for a random
+    rotation of the structure, the energy is unchanged and the forces rotate with it."""
+    import numpy.testing as npt
+
+    def energy(positions: np.ndarray) -> float:
+        return evaluate(potential, variables, [make_graph(positions, z, r_cut)], **kwargs)["energy"][0]
+
+    out = evaluate(potential, variables, [make_graph(pos, z, r_cut)], **kwargs)
+    h = 1e-5
+    for a, c in ((0, 0), (2, 1), (4, 2), (1, 2)):
+        plus, minus = pos.copy(), pos.copy()
+        plus[a, c] += h
+        minus[a, c] -= h
+        npt.assert_allclose(out["forces"][a, c], -(energy(plus) - energy(minus)) / (2 * h), atol=1e-7, rtol=1e-6)
+    rot = random_rotation(rng)
+    rotated = evaluate(potential, variables, [make_graph(pos @ rot.T, z, r_cut)], **kwargs)
+    npt.assert_allclose(rotated["energy"], out["energy"], atol=1e-7, rtol=0)
+    npt.assert_allclose(rotated["forces"], out["forces"] @ rot.T, atol=1e-7, rtol=0)
+
+
+def assert_padding_and_batch_change_nothing(potential: Potential, variables, graphs: list[Graph], **kwargs) -> None:
+    """Structures evaluated together, with extra padding of atoms, edges and graphs, equal each alone."""
+    from so3krates.graph import PadSizes, pad_sizes_for
+
+    alone = [evaluate(potential, variables, [g], **kwargs) for g in graphs]
+    sizes = pad_sizes_for(graphs)
+    padded = evaluate(
+        potential, variables, graphs, sizes=PadSizes(sizes.n_atoms * 2, sizes.n_edges + 7, sizes.n_graphs + 2)
+    )
+    np.testing.assert_allclose(padded["energy"], [a["energy"][0] for a in alone], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(padded["forces"], np.concatenate([a["forces"] for a in alone]), atol=1e-10, rtol=0)

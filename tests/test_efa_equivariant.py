@@ -14,9 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_helpers import SMALL, evaluate, random_molecule
+from model_helpers import (
+    SMALL,
+    assert_forces_match_differences_and_rotate,
+    assert_padding_and_batch_change_nothing,
+    cluster,
+    evaluate,
+    random_molecule,
+    random_rotation,
+)
 
-from so3krates.graph import PadSizes, collate, make_graph, pad_sizes_for
+from so3krates.graph import PadSizes, collate, make_graph
 from so3krates.model.config import ModelConfig
 from so3krates.model.efa import efa_dense_reference, efa_linear, erope_frequencies
 from so3krates.model.efa_equivariant import EquivariantEfaUpdate, EquivariantProjection
@@ -31,19 +39,6 @@ R_MAX = 15.0
 GRID = lebedev_grid(50, math.pi, R_MAX)
 F_QK, F_V, F_X = 8, 6, 12
 THETA = erope_frequencies(F_QK, math.pi, R_MAX)
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q * np.linalg.det(q)
-
-
-def cluster(rng: np.random.Generator, n: int, diameter: float = 14.0) -> np.ndarray:
-    """n random points in a ball of the given diameter (all distances below r_max = 15 Å)."""
-    d = rng.normal(size=(n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return d * (diameter / 2) * rng.uniform(0, 1, (n, 1)) ** (1 / 3) + rng.uniform(-3, 3, 3)
 
 
 def projections(rng: np.random.Generator, x: np.ndarray, chi: np.ndarray, max_degree: int):
@@ -258,31 +253,14 @@ def test_model_forces_finite_differences_rotation_and_sphc_update_matter(eq_mode
     # with random weights the SPHC update reaches the energy only through the last layer's SPHC norms and
     # filters: a small but real effect (float64 noise is ~1e-13)
     assert np.abs(out["forces"] - evaluate(potential, no_sphc_update, [graph], sizes=SINGLE)["forces"]).max() > 1e-7
-    h = 1e-5
-    for a, c in ((0, 0), (2, 1), (4, 2), (1, 2)):
-        plus, minus = pos.copy(), pos.copy()
-        plus[a, c] += h
-        minus[a, c] -= h
-        e_p = evaluate(potential, variables, [make_graph(plus, z, EQ_CONFIG.r_cut)], sizes=SINGLE)["energy"][0]
-        e_m = evaluate(potential, variables, [make_graph(minus, z, EQ_CONFIG.r_cut)], sizes=SINGLE)["energy"][0]
-        np.testing.assert_allclose(out["forces"][a, c], -(e_p - e_m) / (2 * h), atol=1e-7, rtol=1e-6)
-    rot = random_rotation(rng)
-    rotated = evaluate(potential, variables, [make_graph(pos @ rot.T, z, EQ_CONFIG.r_cut)], sizes=SINGLE)
-    np.testing.assert_allclose(rotated["energy"], out["energy"], atol=1e-7, rtol=0)
-    np.testing.assert_allclose(rotated["forces"], out["forces"] @ rot.T, atol=1e-7, rtol=0)
+    assert_forces_match_differences_and_rotate(potential, variables, pos, z, EQ_CONFIG.r_cut, rng, sizes=SINGLE)
 
 
 def test_model_padding_and_batch_composition_change_nothing(eq_model):
     potential, variables = eq_model
     rng = np.random.default_rng(10)
     graphs = [make_graph(*random_molecule(rng, n), EQ_CONFIG.r_cut) for n in (4, 6)]
-    alone = [evaluate(potential, variables, [g], sizes=SINGLE) for g in graphs]
-    sizes = pad_sizes_for(graphs)
-    padded = evaluate(
-        potential, variables, graphs, sizes=PadSizes(sizes.n_atoms * 2, sizes.n_edges + 7, sizes.n_graphs + 2)
-    )
-    np.testing.assert_allclose(padded["energy"], [a["energy"][0] for a in alone], atol=1e-10, rtol=0)
-    np.testing.assert_allclose(padded["forces"], np.concatenate([a["forces"] for a in alone]), atol=1e-10, rtol=0)
+    assert_padding_and_batch_change_nothing(potential, variables, graphs, sizes=SINGLE)
 
 
 def test_periodic_input_refused_but_not_by_the_local_control():
