@@ -107,14 +107,18 @@ def sha256(chunks: bytes | Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def check_new_output(path: str | Path, flag: str, *, overwrite: bool = False, what: str = "file") -> None:
-    """Refuse to replace an existing ``path`` unless ``overwrite`` (the user passed ``--overwrite``).
+def check_new_output(
+    path: str | Path, flag: str, *, overwrite: bool = False, what: str = "file", other_ways: str = ""
+) -> None:
+    """Refuse to replace an existing ``path`` unless ``overwrite`` (the user passed ``--overwrite``, or
+    another flag that makes writing to it intended, such as ``--append``).
 
     Args:
         path: the output the command is about to write.
         flag: the option that named it (``--out``), for the message.
-        overwrite: the user allowed replacing it.
+        overwrite: the user allowed replacing (or adding to) it.
         what: what the file is (``trajectory``), for the message.
+        other_ways: further ways out for the message (``"--append to add to it"``).
     Raises:
         ValueError: ``path`` exists (or is a folder) and ``overwrite`` is False; the message names the
             path, the flag and the way out.
@@ -125,7 +129,7 @@ def check_new_output(path: str | Path, flag: str, *, overwrite: bool = False, wh
     if path.exists() and not overwrite:
         raise ValueError(
             f"{flag} {path}: the {what} exists and would be overwritten; pass --overwrite to replace it, "
-            f"or choose another {flag}"
+            f"{other_ways + ', ' if other_ways else ''}or choose another {flag}"
         )
 
 

@@ -151,12 +151,8 @@ def check_outputs(args: argparse.Namespace, log_path: str) -> None:
     if Path(args.out).resolve() == Path(log_path).resolve():
         raise ValueError(f"--out and --log name the same file, {args.out}")
     for flag, path, what in (("--out", args.out, "trajectory"), ("--log", log_path, "energy log")):
-        check_new_output(path, flag, overwrite=True, what=what)  # a folder in the way
-        if Path(path).exists() and not (args.overwrite or args.append):
-            raise ValueError(
-                f"{flag} {path}: the {what} exists and would be overwritten; pass --overwrite to replace it, "
-                f"--append to add to it, or choose another {flag}"
-            )
+        intended = args.overwrite or args.append
+        check_new_output(path, flag, overwrite=intended, what=what, other_ways="--append to add to it")
         check_writable_dir(Path(path).parent, flag)
 
 
